@@ -1,0 +1,49 @@
+# cemap: `make help` lists the targets. Everything runs inside .venv, created on first use.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+
+help: ## Show this help
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): requirements.lock pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps -e .
+	@touch $(STAMP)
+
+venv: $(STAMP) ## Create or refresh .venv with the pinned dependencies
+	@echo "venv ready: $(VENV)"
+
+test: $(STAMP) ## Run the fast test suite (what CI runs)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-slow: $(STAMP) ## Run only the slow tests
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+test-all: $(STAMP) ## Run every test, slow ones included
+	$(PY) -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
+
+bench: $(STAMP) ## CEM loop throughput against pure forward throughput (prints ratios)
+	$(PY) benchmarks/bench_cem.py
+
+demo: $(STAMP) ## The paper's denoising demo map on the real DnCNN (needs ../shared/reference)
+	$(PY) -m cemap.run model=dncnn ckpt=../shared/reference/dncnn_color_blind.pth task=denoise \
+		image=../shared/reference/images/demo_2.png roi.x=96 roi.y=152 roi.size=32 \
+		cem.block_size=8 cem.estimator=reference cem.n_samples=50 seed=0 device=auto
+
+lock: $(STAMP) ## Rewrite requirements.lock from the current .venv
+	@{ head -2 requirements.lock; $(PY) -m pip freeze --exclude-editable; } > requirements.lock.new && mv requirements.lock.new requirements.lock
+
+clean: ## Remove caches and outputs (keeps .venv)
+	rm -rf outputs multirun .pytest_cache .hypothesis
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+.PHONY: help venv test test-slow test-all bench demo lock clean

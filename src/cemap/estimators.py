@@ -1,0 +1,146 @@
+"""How many interventions each block gets, and how its effect and uncertainty are estimated from them.
+
+An estimator works in stages. Before each stage it plans a number of fresh draws per block from what earlier stages
+measured; the engine runs them; afterwards the estimator turns all samples into effects. The draws of stage ``s`` for
+block ``k`` come from a generator seeded by (seed, s, k) alone, so they are the same whichever model runs (common
+random numbers) and however the work is batched or sharded.
+
+Samples are "differences" ``d = O - Y`` oriented so that positive means the block's real content helps: ``O`` is the
+ROI metric of the unmodified input, ``Y`` that of one intervention (signs flip for lower-is-better metrics).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from cemap.results import STATUS_ESTIMATED, STATUS_SCREENED
+
+
+@dataclass(frozen=True)
+class Estimate:
+    effects: np.ndarray
+    se: np.ndarray
+    n: np.ndarray
+    status: np.ndarray
+
+
+def _mean_se(d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row-wise mean, standard error (NaN below 2 samples) and count of the non-NaN entries of ``d``."""
+    n = np.sum(~np.isnan(d), axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(n > 0, np.nansum(d, axis=1) / np.maximum(n, 1), 0.0)
+        var = np.nansum((d - mean[:, None]) ** 2, axis=1) / np.maximum(n - 1, 1)
+        se = np.where(n > 1, np.sqrt(var / np.maximum(n, 1)), np.nan)
+    return mean, se, n
+
+
+@dataclass(frozen=True)
+class Estimator(ABC):
+    """Common settings: ``tol`` (dB) is the smallest effect worth calling non-zero; ``z`` the critical value of the
+    significance test ``|effect| >= max(tol, z * SE)``."""
+
+    tol: float = 0.01
+    z: float = 1.96
+
+    name = "estimator"
+
+    @abstractmethod
+    def plan(self, stage: int, n_blocks: int, differences: list[np.ndarray]) -> np.ndarray | None:
+        """Draws per block for ``stage`` given the earlier stages' differences, or None when sampling is finished."""
+
+    @abstractmethod
+    def estimate(self, differences: list[np.ndarray]) -> Estimate:
+        """Effects, standard errors, sample counts and status per block (flattened grid)."""
+
+    def significant(self, effects: np.ndarray, se: np.ndarray) -> np.ndarray:
+        threshold = np.maximum(self.tol, self.z * np.nan_to_num(se, nan=0.0))
+        return (np.abs(effects) >= threshold) & (effects != 0)
+
+    def describe(self) -> dict[str, object]:
+        return {"name": self.name, **asdict(self)}
+
+    @classmethod
+    @abstractmethod
+    def from_settings(cls, n_samples: int, n_coarse: int, tol: float, z: float) -> Estimator:
+        """Build from the flat ``cem.*`` config values."""
+
+
+@dataclass(frozen=True)
+class Reference(Estimator):
+    """The paper's coarse-to-fine rule, kept for parity with the authors' maps.
+
+    Stage 0 draws ``n_coarse`` interventions per block. A block whose largest ``|O - Y_k|`` reaches ``tol`` gets
+    ``n_fine`` fresh draws in stage 1 and its effect is their mean (coarse and fine are not pooled); every other block
+    is screened: effect 0, no standard error. Screening saves forwards but can miss small effects that the coarse draws
+    happen not to show; the ``fixed`` estimator has no such blind spot.
+    """
+
+    n_coarse: int = 3
+    n_fine: int = 50
+
+    name = "reference"
+
+    @classmethod
+    def from_settings(cls, n_samples: int, n_coarse: int, tol: float, z: float) -> Reference:
+        return cls(tol=tol, z=z, n_coarse=n_coarse, n_fine=n_samples)
+
+    def __post_init__(self) -> None:
+        if self.n_coarse < 1 or self.n_fine < 1:
+            raise ValueError(f"reference estimator needs n_coarse >= 1 and n_fine >= 1, got {self.n_coarse}, {self.n_fine}")
+
+    def plan(self, stage: int, n_blocks: int, differences: list[np.ndarray]) -> np.ndarray | None:
+        if stage == 0:
+            return np.full(n_blocks, self.n_coarse, dtype=np.int64)
+        if stage == 1:
+            return np.where(self._needs_fine(differences[0]), self.n_fine, 0).astype(np.int64)
+        return None
+
+    def _needs_fine(self, coarse: np.ndarray) -> np.ndarray:
+        return np.nanmax(np.abs(coarse), axis=1, initial=0.0) >= self.tol
+
+    def estimate(self, differences: list[np.ndarray]) -> Estimate:
+        coarse, fine = differences[0], differences[1]
+        mean, se, n = _mean_se(fine)
+        refined = self._needs_fine(coarse)
+        effects = np.where(refined, mean, 0.0)
+        se = np.where(refined, se, np.nan)
+        n = np.where(refined, n, 0)
+        status = np.where(refined, STATUS_ESTIMATED, STATUS_SCREENED).astype(np.uint8)
+        return Estimate(effects, se, n, status)
+
+
+@dataclass(frozen=True)
+class Fixed(Estimator):
+    """``n_samples`` draws for every block, averaged, with the standard error of the mean."""
+
+    n_samples: int = 50
+
+    name = "fixed"
+
+    @classmethod
+    def from_settings(cls, n_samples: int, n_coarse: int, tol: float, z: float) -> Fixed:
+        return cls(tol=tol, z=z, n_samples=n_samples)
+
+    def __post_init__(self) -> None:
+        if self.n_samples < 1:
+            raise ValueError(f"fixed estimator needs n_samples >= 1, got {self.n_samples}")
+
+    def plan(self, stage: int, n_blocks: int, differences: list[np.ndarray]) -> np.ndarray | None:
+        return np.full(n_blocks, self.n_samples, dtype=np.int64) if stage == 0 else None
+
+    def estimate(self, differences: list[np.ndarray]) -> Estimate:
+        mean, se, n = _mean_se(differences[0])
+        return Estimate(mean, se, n, np.full(mean.shape, STATUS_ESTIMATED, dtype=np.uint8))
+
+
+ESTIMATORS: dict[str, type[Estimator]] = {"reference": Reference, "fixed": Fixed}
+
+
+def make_estimator(name: str, n_samples: int = 50, n_coarse: int = 3, tol: float = 0.01, z: float = 1.96) -> Estimator:
+    """Build an estimator from the flat ``cem.*`` config (``n_samples`` is the fine-stage size for ``reference``)."""
+    if name not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {name!r}; choose one of {sorted(ESTIMATORS)}")
+    return ESTIMATORS[name].from_settings(n_samples=n_samples, n_coarse=n_coarse, tol=tol, z=z)

@@ -1,0 +1,212 @@
+"""The one place that owns result file names and formats, and writes them atomically.
+
+A causal effect map is stored as two files side by side: ``cem.npz`` (arrays) and ``cem.json`` (metadata and
+statistics, human-readable). Every write goes to a temporary file in the same folder, is flushed to disk and then
+renamed over the target, so a job killed at any moment leaves either the old file or the new one, never half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+RESULT_ARRAYS = "cem.npz"
+RESULT_META = "cem.json"
+FIGURE = "cem.png"
+SUMMARY = "summary.json"
+PARTIAL_SUFFIX = ".partial.npz"
+
+STATUS_ESTIMATED = 0
+"""The block's effect is a mean over interventions."""
+STATUS_SCREENED = 1
+"""The coarse stage found no difference of at least ``tol``; effect set to 0 (the paper's rule)."""
+STATUS_STRUCTURAL_ZERO = 2
+"""The block cannot reach the ROI (outside a verified receptive field); effect exactly 0 without any forward pass."""
+STATUS_NOT_COMPUTED = 3
+"""Outside this shard; filled in when shards are merged."""
+
+
+class ResultWriteError(OSError):
+    """A result could not be written (disk full, permissions); earlier files are left intact."""
+
+
+def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise ResultWriteError(f"cannot write into {str(path.parent)!r}: {exc.strerror or exc}") from exc
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise ResultWriteError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from exc
+        raise
+    return path
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    return _atomic_write(path, lambda fh: fh.write(data))
+
+
+def atomic_write_json(path: Path, obj: Any) -> Path:
+    return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n").encode())
+
+
+def atomic_save_npz(path: Path, **arrays: np.ndarray) -> Path:
+    return _atomic_write(path, lambda fh: np.savez(fh, **arrays))
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+@dataclass
+class CEMResult:
+    """A causal effect map over a (rows, cols) block grid, with its uncertainty and provenance.
+
+    ``effects`` are oriented so that positive = the block's real content helps the ROI. ``se`` is the standard error of
+    each effect (NaN where no samples estimate it), ``n`` the draws the estimate averages, ``forwards`` the model
+    evaluations spent on the block, ``status`` one of the ``STATUS_*`` codes.
+    """
+
+    effects: np.ndarray
+    se: np.ndarray
+    n: np.ndarray
+    forwards: np.ndarray
+    significant: np.ndarray
+    status: np.ndarray
+    roi_mask: np.ndarray
+    origin: float
+    meta: dict[str, Any] = field(default_factory=dict)
+    samples: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.effects.shape)  # type: ignore[return-value]
+
+    @property
+    def total_forwards(self) -> int:
+        """Forward passes, the unmodified input's included."""
+        return int(self.forwards.sum()) + 1
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``cem.npz`` and ``cem.json`` into ``directory``; returns the directory."""
+        d = Path(directory)
+        arrays = {
+            "effects": self.effects,
+            "se": self.se,
+            "n": self.n,
+            "forwards": self.forwards,
+            "significant": self.significant,
+            "status": self.status,
+            "roi_mask": self.roi_mask,
+            "origin": np.float64(self.origin),
+        }
+        arrays.update({f"samples_{k}": v for k, v in self.samples.items()})
+        atomic_save_npz(d / RESULT_ARRAYS, **arrays)
+        atomic_write_json(d / RESULT_META, self.meta)
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path) -> CEMResult:
+        d = Path(directory)
+        with np.load(d / RESULT_ARRAYS, allow_pickle=False) as z:
+            a = {k: z[k] for k in z.files}
+        return cls(
+            effects=a["effects"],
+            se=a["se"],
+            n=a["n"],
+            forwards=a["forwards"],
+            significant=a["significant"],
+            status=a["status"],
+            roi_mask=a["roi_mask"],
+            origin=float(a["origin"]),
+            meta=read_json(d / RESULT_META),
+            samples={k[len("samples_") :]: v for k, v in a.items() if k.startswith("samples_")},
+        )
+
+    @staticmethod
+    def exists(directory: str | Path) -> bool:
+        d = Path(directory)
+        return (d / RESULT_ARRAYS).is_file() and (d / RESULT_META).is_file()
+
+
+def save_partial(path: Path, key: str, origin: float, stages: list[np.ndarray]) -> Path:
+    """Persist the samples measured so far, so an interrupted run resumes from its last completed batch."""
+    arrays = {f"stage{i}": s for i, s in enumerate(stages)}
+    return atomic_save_npz(path, key=np.array(key), origin=np.float64(origin), **arrays)
+
+
+def load_partial(path: Path, key: str) -> tuple[float, list[np.ndarray]] | None:
+    """The saved origin and per-stage samples if ``path`` holds a partial run with the same ``key``."""
+    p = Path(path)
+    if not p.is_file():
+        return None
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            if str(z["key"]) != key:
+                return None
+            stages = [z[f"stage{i}"] for i in range(sum(1 for f in z.files if f.startswith("stage")))]
+            return float(z["origin"]), stages
+    except (OSError, ValueError, KeyError):
+        return None  # unreadable partial state: start over rather than trust it
+
+
+def partial_path(directory: str | Path) -> Path:
+    """Where an unfinished map's samples are kept between interruptions."""
+    return Path(directory) / ("cem" + PARTIAL_SUFFIX)
+
+
+class ResultLockedError(RuntimeError):
+    """Another job holds the lock of this result folder."""
+
+
+@contextlib.contextmanager
+def exclusive(directory: str | Path) -> Iterator[None]:
+    """Hold ``directory``'s lock for the duration, so two jobs never interleave writes to one result.
+
+    The lock is an OS advisory lock (``flock``): it is released when the process dies, even by SIGKILL.
+    """
+    d = Path(directory)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        fh = open(d / ".lock", "a+")
+    except OSError as exc:
+        raise ResultWriteError(f"cannot create result folder {str(d)!r}: {exc.strerror or exc}") from exc
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ResultLockedError(f"another job is writing {str(d)!r}; wait for it or use another output_root") from None
+        yield
+    finally:
+        fh.close()

@@ -1,0 +1,81 @@
+"""The task interface: how a clean image is degraded, and how one block is intervened on consistently.
+
+A task turns a clean image into the model's input (``degrade``) and, for one block of the grid, replaces that block's
+content by natural patches pushed through the *same* degradation (``intervene``). Everything random is drawn from the
+generator the engine passes in, so maps are reproducible and two models see identical interventions.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from cemap.grid import Block
+
+RandomSource = np.random.Generator | np.random.RandomState
+"""Degradations accept either; the engine passes ``RandomState(seed)`` (the paper's demo stream) for the degradation and
+a per-block ``Generator`` for interventions."""
+
+
+@dataclass
+class Degraded:
+    """The model input (C, h, w) in [0, 1] plus whatever an intervention must reuse (rain layer, kernel, noise)."""
+
+    image: torch.Tensor
+    state: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Degraded:
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device=device, dtype=dtype if (dtype is not None and t.is_floating_point()) else t.dtype)
+
+        return Degraded(move(self.image), {k: move(v) for k, v in self.state.items()})
+
+
+def quantize_8bit(img: torch.Tensor, mode: str) -> torch.Tensor:
+    """Store ``img`` in [0, 1] as an 8-bit image would: ``truncate`` (the paper's ``uint8`` cast), ``round`` or ``none``."""
+    img = img.clamp(0.0, 1.0)
+    if mode == "truncate":
+        return torch.floor(img * 255.0) / 255.0
+    if mode == "round":
+        return torch.round(img * 255.0) / 255.0
+    if mode == "none":
+        return img
+    raise ValueError(f"quantize={mode!r}; choose truncate, round or none")
+
+
+class Task(ABC):
+    """A restoration task as the CEM engine sees it.
+
+    ``scale`` is output size / input size (1 for same-size tasks). ``display_bound`` is the default symmetric colour
+    bound (in metric units, dB for PSNR) of figures; ``None`` means "the largest absolute effect".
+    """
+
+    name: str = "task"
+    scale: int = 1
+    display_bound: float | None = None
+
+    @abstractmethod
+    def degrade(self, clean: torch.Tensor, rng: RandomSource) -> Degraded:
+        """Degrade a clean (3, H, W) image in [0, 1] into the model's input."""
+
+    @abstractmethod
+    def intervene(
+        self,
+        degraded: Degraded,
+        clean: torch.Tensor,
+        block: Block,
+        patches: torch.Tensor,
+        rng: np.random.Generator,
+    ) -> torch.Tensor:
+        """Return (n, C, h, w) copies of ``degraded.image`` whose ``block`` carries the n ``patches`` (n, 3, bh, bw).
+
+        ``block`` and ``patches`` are in output (clean) pixels; the task maps them into its input domain.
+        ``degraded`` and ``clean`` must not be modified.
+        """
+
+    def describe(self) -> dict[str, object]:
+        """Settings that change results, for result metadata and cache keys."""
+        return {"name": self.name, "scale": self.scale}

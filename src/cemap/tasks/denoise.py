@@ -1,0 +1,63 @@
+"""Denoising with additive white Gaussian noise, exactly as the paper's demo."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from cemap.grid import Block
+from cemap.tasks.base import Degraded, RandomSource, Task, quantize_8bit
+
+
+@dataclass
+class Denoise(Task):
+    """AWGN of standard deviation ``sigma`` (in 0..255 units), stored as an 8-bit image.
+
+    Degradation: noise drawn once over the whole H x W x 3 array (the demo's array order, so ``RandomState(0)``
+    reproduces the paper's noisy image bit for bit), added to the clean image, clipped and quantised (``truncate`` is
+    the demo's ``uint8`` cast).
+
+    Intervention consistency: the replacement patch receives *fresh* noise of the same sigma and is quantised the same
+    way, so the intervened block is a plausible noisy observation of other content, and the noise everywhere else is
+    untouched.
+    """
+
+    sigma: float = 50.0
+    quantize: str = "truncate"
+    display_bound: float | None = None
+
+    name: ClassVar[str] = "denoise"
+    scale: ClassVar[int] = 1
+
+    def __post_init__(self) -> None:
+        if self.sigma < 0:
+            raise ValueError(f"sigma={self.sigma} must be >= 0 (in 0..255 units)")
+        quantize_8bit(torch.zeros(1), self.quantize)  # fail now on an unknown mode
+
+    def degrade(self, clean: torch.Tensor, rng: RandomSource) -> Degraded:
+        x = clean.detach().cpu().to(torch.float64).permute(1, 2, 0).numpy()  # H, W, 3 like the demo
+        noise = rng.normal(0.0, self.sigma / 255.0, x.shape)
+        noisy = quantize_8bit(torch.from_numpy(x + noise), self.quantize)
+        return Degraded(noisy.permute(2, 0, 1).to(clean.dtype).contiguous())
+
+    def intervene(
+        self,
+        degraded: Degraded,
+        clean: torch.Tensor,
+        block: Block,
+        patches: torch.Tensor,
+        rng: np.random.Generator,
+    ) -> torch.Tensor:
+        n = patches.shape[0]
+        noise = torch.from_numpy(rng.normal(0.0, self.sigma / 255.0, tuple(patches.shape)))
+        noisy_patches = quantize_8bit(patches.to(torch.float64) + noise.to(patches.device), self.quantize)
+        out = degraded.image.unsqueeze(0).repeat(n, 1, 1, 1)
+        rows, cols = block.scaled(self.scale)
+        out[:, :, rows, cols] = noisy_patches.to(out.dtype)
+        return out
+
+    def describe(self) -> dict[str, object]:
+        return {"name": self.name, "scale": self.scale, "sigma": self.sigma, "quantize": self.quantize}
