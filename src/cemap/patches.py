@@ -20,6 +20,14 @@ class PatchBankError(ValueError):
     """A patch bank that cannot serve the requested blocks."""
 
 
+def _unique(patches: np.ndarray) -> np.ndarray:
+    """Drop exact duplicates, keeping first occurrences in order."""
+    if len(patches) == 0:
+        return patches
+    _, first = np.unique(patches.reshape(len(patches), -1), axis=0, return_index=True)
+    return patches[np.sort(first)]
+
+
 def sharpness(patches: np.ndarray) -> np.ndarray:
     """Mean absolute Laplacian of each patch's gray level: a cheap measure of texture, 0 for flat patches."""
     gray = patches.astype(np.float64).mean(axis=-1)
@@ -123,16 +131,14 @@ class PatchBank:
         crops: list[np.ndarray] = []
         for im in imgs:
             # oversample so that filtering and de-duplication still leave enough
-            k = per_image * 2 + 16
+            k = per_image * 4 + 16
             ys = rng.integers(0, im.shape[0] - patch_size + 1, size=k)
             xs = rng.integers(0, im.shape[1] - patch_size + 1, size=k)
             batch = np.stack([im[y : y + patch_size, x : x + patch_size] for y, x in zip(ys, xs)])
             if min_sharpness > 0:
                 batch = batch[sharpness(batch) >= min_sharpness]
-            crops.append(batch[:per_image])
-        allp = np.concatenate(crops)
-        _, first = np.unique(allp.reshape(len(allp), -1), axis=0, return_index=True)
-        allp = allp[np.sort(first)]
+            crops.append(_unique(batch)[:per_image])
+        allp = _unique(np.concatenate(crops))
         if len(allp) > n_patches:
             allp = allp[np.sort(rng.choice(len(allp), size=n_patches, replace=False))]
         return cls(allp, source=source)

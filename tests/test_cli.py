@@ -1,0 +1,105 @@
+"""`python -m cemap.run` end to end: the documented overrides, the files it writes, caching and clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+from cemap.config import register_configs
+from cemap.models import DnCNN
+from tests.conftest import REPO
+
+
+def run_cli(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cemap.run", *overrides], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> dict[str, str]:
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:64, 0:48]
+    img = np.clip(np.stack([yy * 3, xx * 4, yy + xx], -1) + rng.normal(0, 15, (64, 48, 3)), 0, 255).astype(np.uint8)
+    Image.fromarray(img).save(tmp_path / "img.png")
+    torch.manual_seed(0)
+    torch.save(DnCNN(features=8, depth=3).state_dict(), tmp_path / "tiny.pth")
+    return {"image": str(tmp_path / "img.png"), "ckpt": str(tmp_path / "tiny.pth"), "out": str(tmp_path / "out")}
+
+
+def documented(inputs: dict[str, str], n_samples: int = 5) -> list[str]:
+    """The issue's override line, with a DnCNN shrunk to 3 x 8 so it runs in seconds."""
+    return [
+        "model=dncnn", "model.features=8", "model.depth=3", f"ckpt={inputs['ckpt']}", "task=denoise",
+        f"image={inputs['image']}", "roi.x=16", "roi.y=24", "roi.size=16", "cem.block_size=8",
+        "cem.estimator=reference", f"cem.n_samples={n_samples}", "seed=0", "device=cpu",
+        f"output_root={inputs['out']}", "progress=false",
+    ]
+
+
+def test_documented_overrides_compose() -> None:
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("run", overrides=[
+            "model=dncnn", "ckpt=/x.pth", "task=denoise", "image=/x.png", "roi.x=96", "roi.y=152", "roi.size=32",
+            "cem.block_size=8", "cem.estimator=reference", "cem.n_samples=50", "seed=0", "device=cpu",
+        ])
+    assert cfg.model.depth == 20 and cfg.task.sigma == 50 and cfg.roi.y == 152 and cfg.cem.n_samples == 50
+
+
+def test_typo_fails_at_compose() -> None:
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        with pytest.raises(Exception, match="blok_size"):
+            compose("run", overrides=["cem.blok_size=8"])
+        with pytest.raises(Exception, match="n_samples"):
+            compose("run", overrides=["cem.n_samples=many"])
+
+
+def test_run_writes_results_and_reuses_them(inputs: dict[str, str], tmp_path: Path) -> None:
+    proc = run_cli(*documented(inputs), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in ("origin_psnr", "n_positive", "n_negative", "n_zero", "effect_min", "effect_max", "forwards", "seconds",
+                "result_dir"):
+        assert key in summary
+    run_dir = Path(summary["result_dir"])
+    for name in ("cem.npz", "cem.json", "cem.png", "summary.json"):
+        assert (run_dir / name).is_file(), name
+    meta = json.loads((run_dir / "cem.json").read_text())
+    assert meta["checkpoint"]["sha256"] and meta["estimator"]["n_fine"] == 5 and meta["seed"] == 0
+    assert summary["cached"] is False and summary["forwards"] > 24
+
+    again = run_cli(*documented(inputs), cwd=tmp_path)
+    second = json.loads(again.stdout.strip().splitlines()[-1])
+    assert second["cached"] is True and second["result_dir"] != summary["result_dir"]
+    assert second["effect_max"] == summary["effect_max"]
+
+    changed = run_cli(*documented(inputs, n_samples=6), cwd=tmp_path)
+    assert json.loads(changed.stdout.strip().splitlines()[-1])["cached"] is False
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("roi.x=40", "outside the 64x48"),
+        ("image=/no/such.png", "does not exist"),
+        ("cem.block_size=0", "block_size=0"),
+        ("model.depth=4", "does not fit DnCNN"),
+        ("cem.estimator=magic", "unknown estimator"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(inputs: dict[str, str], tmp_path: Path, override: str, message: str) -> None:
+    args = [a for a in documented(inputs) if not a.startswith(override.split("=")[0] + "=")] + [override]
+    proc = run_cli(*args, cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("cemap.run: error:") and message in lines[0], proc.stderr
+    assert not (Path(inputs["out"]) / "cache").exists() or not any((Path(inputs["out"]) / "cache").rglob("cem.npz"))
