@@ -11,13 +11,18 @@ interventions cut from the very image being explained.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from cemap.imageio import read_image, to_rgb8
-from cemap.patches import PatchBank
+from cemap.patches import IMAGE_SUFFIXES, PatchBank
+
+log = logging.getLogger(__name__)
 
 EMBEDDED_TRAIN: tuple[str, ...] = ("astronaut", "hubble_deep_field", "immunohistochemistry", "retina")
 EMBEDDED_TEST: tuple[str, ...] = ("chelsea", "coffee", "rocket", "motorcycle")
@@ -88,3 +93,126 @@ def _required(path: str | None, source: str) -> str:
     if not path:
         raise ValueError(f"patches.source={source} needs patches.path")
     return path
+
+
+# --- procedural images ---------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def natural_palette(n: int = 4096, seed: int = 0) -> np.ndarray:
+    """Colours sampled from the embedded training photographs, the same number from each, so dead-leaves discs get
+    natural colour statistics without the dark backgrounds of the microscopy and astronomy images dominating."""
+    rng = np.random.default_rng(seed)
+    images = list(embedded_split("train").values())
+    per_image = n // len(images)
+    return np.concatenate([im.reshape(-1, 3)[rng.choice(im.shape[0] * im.shape[1], per_image, replace=False)] for im in images])
+
+
+def dead_leaves(size: int, rng: np.random.Generator, r_min: float = 2.0, r_max: float | None = None,
+                alpha: float = 3.0, textured: bool = True, max_discs: int = 20_000) -> np.ndarray:
+    """A dead-leaves image (size x size x 3 uint8): occluding discs, radii with density ~ r^-alpha on [r_min, r_max],
+    colours drawn from natural photographs, optionally with a per-disc gradient and grain texture.
+
+    Dead leaves reproduce the scale invariance and the edge statistics of natural images, so they are an unlimited
+    source of training patches that shares no content with any test image.
+    """
+    r_max = r_max if r_max is not None else size / 2
+    palette = natural_palette()
+    img = np.zeros((size, size, 3), dtype=np.float64)
+    free = np.ones((size, size), dtype=bool)
+    yy, xx = np.mgrid[0:size, 0:size]
+    e = 1.0 - alpha
+    for _ in range(max_discs):
+        u = rng.random()
+        r = ((r_max**e - r_min**e) * u + r_min**e) ** (1.0 / e)
+        cy, cx = rng.uniform(-r, size + r, 2)
+        y0, y1 = max(int(cy - r), 0), min(int(cy + r) + 1, size)
+        x0, x1 = max(int(cx - r), 0), min(int(cx + r) + 1, size)
+        if y0 >= y1 or x0 >= x1:
+            continue
+        disc = ((yy[y0:y1, x0:x1] - cy) ** 2 + (xx[y0:y1, x0:x1] - cx) ** 2 <= r * r) & free[y0:y1, x0:x1]
+        if not disc.any():
+            continue
+        colour = palette[rng.integers(len(palette))].astype(np.float64)
+        patch = np.broadcast_to(colour, (y1 - y0, x1 - x0, 3)).copy()
+        if textured:
+            gy, gx = rng.normal(0, 40.0 / max(r, 1.0), 2)
+            patch += (gy * (yy[y0:y1, x0:x1] - cy) + gx * (xx[y0:y1, x0:x1] - cx))[..., None]
+            patch += rng.normal(0, rng.uniform(0, 6), patch.shape[:2])[..., None]
+        img[y0:y1, x0:x1][disc] = patch[disc]
+        free[y0:y1, x0:x1] &= ~disc
+        if not free.any():
+            break
+    return np.clip(np.round(img), 0, 255).astype(np.uint8)
+
+
+# --- image sets (the ``data`` config group) ------------------------------------------------------------------------
+
+
+@dataclass
+class EmbeddedSet:
+    """The embedded photographs of one split, each centre-cropped to ``crop`` (None = whole image)."""
+
+    split: str = "test"
+    crop: int | None = None
+    multiple: int = 1
+
+    def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
+        names = EMBEDDED_TRAIN if self.split == "train" else EMBEDDED_TEST if self.split == "test" else None
+        if names is None:
+            raise ValueError(f"split={self.split!r}; choose train or test")
+        for name in names:
+            yield name, center_crop(embedded_image(name), self.crop, self.multiple)
+
+
+@dataclass
+class DeadLeavesSet:
+    """``n_images`` seeded dead-leaves images of ``size`` px."""
+
+    n_images: int = 8
+    size: int = 128
+    seed: int = 0
+    textured: bool = True
+
+    def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
+        for i in range(self.n_images):
+            rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(i,)))
+            yield f"deadleaves_{self.seed}_{i}", dead_leaves(self.size, rng, textured=self.textured)
+
+
+@dataclass
+class FolderSet:
+    """Users' images: ground truth in ``gt`` (DIV2K, Set5, BSD100, Urban100, CBSD68, ...) and optionally paired
+    degraded inputs in ``lq`` matched by file stem (e.g. ``0801x4.png`` for ``0801.png`` with ``lq_suffix='x4'``).
+    Ground truth is cropped to a multiple of ``multiple`` (the SR scale); gray, RGBA and 16-bit files become RGB."""
+
+    gt: str = "???"
+    lq: str | None = None
+    lq_suffix: str = ""
+    multiple: int = 1
+    crop: int | None = None
+
+    def files(self) -> list[Path]:
+        folder = Path(self.gt)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"data folder {str(folder)!r} does not exist")
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {str(folder)!r}")
+        return files
+
+    def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
+        for f in self.files():
+            yield f.stem, center_crop(read_image(f), self.crop, self.multiple)
+
+    def pairs(self) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        """(name, ground truth, degraded input) for paired folders."""
+        if self.lq is None:
+            raise ValueError("this folder set has no lq folder; set lq=PATH for paired data")
+        lq_files = {p.stem: p for p in Path(self.lq).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+        for f in self.files():
+            match = lq_files.get(f.stem + self.lq_suffix)
+            if match is None:
+                raise FileNotFoundError(f"no degraded image for {f.name} in {self.lq!r} (looked for stem {f.stem + self.lq_suffix!r})")
+            gt = read_image(f)
+            yield f.stem, gt[: gt.shape[0] - gt.shape[0] % self.multiple, : gt.shape[1] - gt.shape[1] % self.multiple], read_image(match)

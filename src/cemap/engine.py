@@ -209,7 +209,7 @@ class CausalEffectMap:
             raise ValueError(f"clean image must be (3, H, W) or H x W x 3, got shape {tuple(clean_t.shape)}")
         roi = roi if isinstance(roi, ROI) else ROI(*roi)
         _, height, width = clean_t.shape
-        grid = BlockGrid(height, width, block_size, scale=self.task.scale)
+        grid = BlockGrid(height, width, block_size, scale=self.task.block_multiple)
         roi_mask = grid.roi_mask(roi)
         est = make_estimator(estimator) if isinstance(estimator, str) else estimator
         selected = np.ones(len(grid), dtype=bool)

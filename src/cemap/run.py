@@ -88,10 +88,10 @@ def compute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     task = hydra.utils.instantiate(cfg.task)
     image, image_name = load_image(cfg.image)
-    image = center_crop(image, cfg.crop, multiple=task.scale)
+    image = center_crop(image, cfg.crop, multiple=task.block_multiple)
     height, width = image.shape[:2]
     roi = ROI(cfg.roi.x, cfg.roi.y, cfg.roi.size)
-    BlockGrid(height, width, cfg.cem.block_size, scale=task.scale).roi_mask(roi)
+    BlockGrid(height, width, cfg.cem.block_size, scale=task.block_multiple).roi_mask(roi)
     estimator = make_estimator(cfg.cem.estimator, cfg.cem.n_samples, cfg.cem.n_coarse, cfg.cem.tol, cfg.cem.z)
     bank = patch_bank_from_config(
         cfg.patches.source, cfg.cem.block_size, cfg.patches.path, cfg.patches.n_patches, cfg.patches.seed,

@@ -20,6 +20,13 @@ RandomSource = np.random.Generator | np.random.RandomState
 a per-block ``Generator`` for interventions."""
 
 
+def randint(rng: RandomSource, low: int, high: int) -> int:
+    """An integer in [low, high] (inclusive) from either kind of numpy generator."""
+    if isinstance(rng, np.random.Generator):
+        return int(rng.integers(low, high + 1))
+    return int(rng.randint(low, high + 1))
+
+
 @dataclass
 class Degraded:
     """The model input (C, h, w) in [0, 1] plus whatever an intervention must reuse (rain layer, kernel, noise)."""
@@ -75,6 +82,11 @@ class Task(ABC):
         ``block`` and ``patches`` are in output (clean) pixels; the task maps them into its input domain.
         ``degraded`` and ``clean`` must not be modified.
         """
+
+    @property
+    def block_multiple(self) -> int:
+        """Block sizes and image sizes must be multiples of this (the scale, for tasks that work at low resolution)."""
+        return self.scale
 
     def describe(self) -> dict[str, object]:
         """Settings that change results, for result metadata and cache keys."""

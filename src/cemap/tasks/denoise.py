@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Optional
 
 import numpy as np
 import torch
@@ -23,10 +23,14 @@ class Denoise(Task):
     Intervention consistency: the replacement patch receives *fresh* noise of the same sigma and is quantised the same
     way, so the intervened block is a plausible noisy observation of other content, and the noise everywhere else is
     untouched.
+
+    ``sigma_range`` (lo, hi) makes the task noise-level-blind: each degradation draws its sigma uniformly from it (for
+    training blind denoisers), and interventions on that image reuse the drawn sigma.
     """
 
     sigma: float = 50.0
     quantize: str = "truncate"
+    sigma_range: Optional[tuple[float, float]] = None
     display_bound: float | None = None
 
     name: ClassVar[str] = "denoise"
@@ -35,13 +39,19 @@ class Denoise(Task):
     def __post_init__(self) -> None:
         if self.sigma < 0:
             raise ValueError(f"sigma={self.sigma} must be >= 0 (in 0..255 units)")
+        if self.sigma_range is not None:
+            lo, hi = self.sigma_range
+            if not 0 <= lo <= hi:
+                raise ValueError(f"sigma_range={self.sigma_range} must satisfy 0 <= lo <= hi")
+            self.sigma_range = (float(lo), float(hi))
         quantize_8bit(torch.zeros(1), self.quantize)  # fail now on an unknown mode
 
     def degrade(self, clean: torch.Tensor, rng: RandomSource) -> Degraded:
+        sigma = self.sigma if self.sigma_range is None else float(rng.uniform(*self.sigma_range))
         x = clean.detach().cpu().to(torch.float64).permute(1, 2, 0).numpy()  # H, W, 3 like the demo
-        noise = rng.normal(0.0, self.sigma / 255.0, x.shape)
+        noise = rng.normal(0.0, sigma / 255.0, x.shape)
         noisy = quantize_8bit(torch.from_numpy(x + noise), self.quantize)
-        return Degraded(noisy.permute(2, 0, 1).to(clean.dtype).contiguous())
+        return Degraded(noisy.permute(2, 0, 1).to(clean.dtype).contiguous(), {"sigma": torch.tensor(sigma)})
 
     def intervene(
         self,
@@ -52,7 +62,8 @@ class Denoise(Task):
         rng: np.random.Generator,
     ) -> torch.Tensor:
         n = patches.shape[0]
-        noise = torch.from_numpy(rng.normal(0.0, self.sigma / 255.0, tuple(patches.shape)))
+        sigma = float(degraded.state["sigma"]) if "sigma" in degraded.state else self.sigma
+        noise = torch.from_numpy(rng.normal(0.0, sigma / 255.0, tuple(patches.shape)))
         noisy_patches = quantize_8bit(patches.to(torch.float64) + noise.to(patches.device), self.quantize)
         out = degraded.image.unsqueeze(0).repeat(n, 1, 1, 1)
         rows, cols = block.scaled(self.scale)
@@ -60,4 +71,5 @@ class Denoise(Task):
         return out
 
     def describe(self) -> dict[str, object]:
-        return {"name": self.name, "scale": self.scale, "sigma": self.sigma, "quantize": self.quantize}
+        return {"name": self.name, "scale": self.scale, "sigma": self.sigma, "quantize": self.quantize,
+                "sigma_range": None if self.sigma_range is None else list(self.sigma_range)}
