@@ -14,8 +14,9 @@ help: ## Show this help
 $(STAMP): requirements.lock pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
 	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation basicsr==1.4.2
 	$(PY) -m pip install --quiet --no-deps -e .
 	@touch $(STAMP)
 
@@ -40,7 +41,7 @@ demo: $(STAMP) ## The paper's denoising demo map on the real DnCNN (needs ../sha
 		cem.block_size=8 cem.estimator=reference cem.n_samples=50 seed=0 device=auto
 
 lock: $(STAMP) ## Rewrite requirements.lock from the current .venv
-	@{ head -2 requirements.lock; $(PY) -m pip freeze --exclude-editable; } > requirements.lock.new && mv requirements.lock.new requirements.lock
+	@{ head -3 requirements.lock; $(PY) -m pip freeze --exclude-editable | grep -iv '^basicsr=='; } > requirements.lock.new && mv requirements.lock.new requirements.lock
 
 clean: ## Remove caches and outputs (keeps .venv)
 	rm -rf outputs multirun .pytest_cache .hypothesis

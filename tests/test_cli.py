@@ -103,3 +103,33 @@ def test_bad_input_is_one_line_and_exit_2(inputs: dict[str, str], tmp_path: Path
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("cemap.run: error:") and message in lines[0], proc.stderr
     assert not (Path(inputs["out"]) / "cache").exists() or not any((Path(inputs["out"]) / "cache").rglob("cem.npz"))
+
+
+@pytest.mark.parametrize(
+    "task,model",
+    [("sr_x4", "srresnet_tiny"), ("denoise", "dncnn_tiny"), ("derain", "rcan_dn_tiny"), ("deblur", "srresnet_same_tiny")],
+)
+def test_every_task_runs_on_an_embedded_image(task: str, model: str, tmp_path: Path) -> None:
+    proc = run_cli(f"task={task}", f"model={model}", "image=embedded:chelsea", "crop=48", "roi.x=16", "roi.y=16",
+                   "roi.size=16", "cem.estimator=fixed", "cem.n_samples=2", "device=cpu", f"output_root={tmp_path}",
+                   "progress=false", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["n_blocks"] == 36 and summary["forwards"] == 73
+
+
+def test_scale_mismatch_is_caught_before_any_forward(tmp_path: Path) -> None:
+    proc = run_cli("task=denoise", "model=srresnet_tiny", "image=embedded:chelsea", "crop=48", "roi.x=0", "roi.y=0",
+                   "roi.size=8", "device=cpu", f"output_root={tmp_path}", cwd=tmp_path)
+    assert proc.returncode == 2 and "scale 4 but task denoise needs scale 1" in proc.stderr
+
+
+def test_model_auto_from_the_cli(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    torch.save(DnCNN().state_dict(), tmp_path / "foreign.pth")
+    proc = run_cli("model=auto", f"ckpt={tmp_path / 'foreign.pth'}", "image=embedded:coffee", "crop=24", "roi.x=8",
+                   "roi.y=8", "roi.size=8", "cem.estimator=fixed", "cem.n_samples=1", "device=cpu",
+                   f"output_root={tmp_path}", "progress=false", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    meta = json.loads((Path(json.loads(proc.stdout.strip().splitlines()[-1])["result_dir"]) / "cem.json").read_text())
+    assert meta["model"] == "auto" and len(meta["checkpoint"]["sha256"]) == 64

@@ -98,7 +98,15 @@ def compute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         cfg.patches.min_sharpness,
     )
     model, model_name = build_model(cfg.model)
-    ckpt_sha = load_checkpoint(model, cfg.ckpt, strict=cfg.strict) if cfg.ckpt else None
+    declared = getattr(model, "info", None)
+    if declared is not None and declared.scale != task.scale:
+        raise ValueError(
+            f"model {model_name} has scale {declared.scale} but task {task.name} needs scale {task.scale}; pick a "
+            f"model of the task's scale (e.g. an x{task.scale} SR model for task=sr_x{task.scale})"
+        )
+    ckpt_sha = getattr(model, "checkpoint_sha256", None)  # model=auto reads its checkpoint itself
+    if ckpt_sha is None and cfg.ckpt:
+        ckpt_sha = load_checkpoint(model, cfg.ckpt, strict=cfg.strict)
 
     key = job_key(cfg, image, ckpt_sha, device)
     cache = Path(cfg.output_root) / "cache" / key

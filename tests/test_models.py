@@ -1,0 +1,135 @@
+"""The model zoo: authors' checkpoint layouts, every preset tiny on CPU, RCAN attention variants."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from cemap.checkpoint import load_checkpoint
+from cemap.config import register_configs
+from cemap.models import AUTHOR_LAYOUTS, MODELS, model_class, model_info
+from cemap.models.rcan import RCAN, ChannelAttention
+from cemap.run import build_model
+from tests.conftest import REPO
+
+PRESETS = sorted(p.stem for p in (REPO / "conf" / "model").glob("*.yaml"))
+TINY = [p for p in PRESETS if p.endswith("_tiny")]
+WRAPPERS = ["raw", "params", "params_ema", "state_dict_module"]
+
+
+def build(preset: str, **overrides: object) -> torch.nn.Module:
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf" / "model"), version_base="1.3"):
+        cfg = compose(preset)
+    cfg = OmegaConf.merge(cfg, overrides)
+    model, name = build_model(cfg)
+    assert name == preset
+    return model
+
+
+def test_every_family_has_paper_and_tiny_presets() -> None:
+    families = {OmegaConf.load(REPO / "conf" / "model" / f"{p}.yaml")["_target_"].rsplit(".", 1)[-1] for p in PRESETS}
+    tiny_families = {OmegaConf.load(REPO / "conf" / "model" / f"{p}.yaml")["_target_"].rsplit(".", 1)[-1] for p in TINY}
+    registered = {v.split(":")[1] for v in MODELS.values()}
+    assert families == registered == tiny_families
+
+
+@pytest.mark.parametrize("preset", TINY)
+def test_tiny_preset_forward_any_size(preset: str) -> None:
+    torch.manual_seed(0)
+    model = build(preset).eval()
+    info = model_info(model)
+    x = torch.rand(1, 3, 37, 45, requires_grad=True)
+    before = x.detach().clone()
+    y = model(x)
+    assert y.shape == (1, 3, 37 * info.scale, 45 * info.scale)
+    assert torch.isfinite(y).all()
+    assert torch.equal(x.detach(), before), "the model modified its input"
+    y.square().mean().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("layout", sorted(AUTHOR_LAYOUTS))
+def test_author_layout_loads_strictly(layout: str, reference_dir: Path, tmp_path: Path) -> None:
+    spec = json.loads((reference_dir / "checkpoint-layouts" / f"{layout}.json").read_text())
+    preset, overrides = AUTHOR_LAYOUTS[layout]
+    model = build(preset, **overrides)
+    ours = {k: list(v.shape) for k, v in model.state_dict().items()}
+    assert ours == spec["state_dict"]
+    assert sum(p.numel() for p in model.parameters()) == spec["n_params"]
+
+    own = model.state_dict()
+    torch.manual_seed(1)
+    synthetic = {k: torch.randn(shape) if own[k].is_floating_point() else own[k].clone()
+                 for k, shape in spec["state_dict"].items()}
+    wrap = WRAPPERS[sorted(AUTHOR_LAYOUTS).index(layout) % len(WRAPPERS)]
+    obj = {"raw": synthetic, "params": {"params": synthetic}, "params_ema": {"params_ema": synthetic, "params": {}},
+           "state_dict_module": {"state_dict": {f"module.{k}": v for k, v in synthetic.items()}}}[wrap]
+    torch.save(obj, tmp_path / f"{layout}.pth")
+    fresh = build(preset, **overrides)
+    load_checkpoint(fresh, tmp_path / f"{layout}.pth", strict=True)
+    key = next(k for k in synthetic if synthetic[k].is_floating_point())
+    assert torch.equal(fresh.state_dict()[key], synthetic[key])
+
+
+@pytest.mark.parametrize(
+    "mode,pooling,shape",
+    [("global", 1, (2, 16, 1, 1)), ("window", 4, (2, 16, 3, 4)), ("window", 16, (2, 16, 1, 1)),
+     ("grid", 2, (2, 16, 2, 2)), ("grid", 3, (2, 16, 3, 3))],
+)
+def test_rcan_attention_shapes(mode: str, pooling: int, shape: tuple[int, ...]) -> None:
+    ca = ChannelAttention(16, 4, mode, pooling)
+    x = torch.rand(2, 16, 12, 13)
+    assert tuple(ca.weights(x).shape) == shape
+    assert ca(x).shape == x.shape
+
+
+def test_rcan_variants_parameters_and_locality() -> None:
+    no_ca = RCAN(features=16, groups=2, blocks=2, reduction=4, channel_attention="none")
+    assert not any("attention" in k for k in no_ca.state_dict())
+    assert model_info(no_ca).is_local
+    half = RCAN(features=16, groups=4, blocks=1, reduction=4, channel_attention="half")
+    assert sum("body_ca" in k and "attention" in k for k in half.state_dict()) > 0
+    assert not any("body_no_ca" in k and "attention" in k for k in half.state_dict())
+    for mode, local in (("global", False), ("half", False), ("grid", False), ("window", True)):
+        m = RCAN(features=16, groups=2, blocks=1, reduction=4, channel_attention=mode, pooling=2 if mode != "global" else 1)
+        assert model_info(m).is_local is local, mode
+
+
+def test_window_attention_is_local_and_global_is_not() -> None:
+    """Changing a far-away pixel moves the output of global CA but not of 4x4-window CA (beyond its reach)."""
+    torch.manual_seed(0)
+    for mode, pooling, moves in (("global", 1, True), ("window", 4, False)):
+        m = RCAN(scale=1, features=8, groups=1, blocks=1, reduction=2, channel_attention=mode, pooling=pooling).eval()
+        x = torch.rand(1, 3, 48, 48)
+        x2 = x.clone()
+        x2[..., 40:, 40:] = 0
+        with torch.no_grad():
+            d = (m(x) - m(x2))[..., :8, :8].abs().max().item()
+        assert (d > 0) is moves, (mode, d)
+
+
+def test_unknown_family() -> None:
+    with pytest.raises(ValueError, match="registered"):
+        model_class("unet9000")
+
+
+def test_model_auto_detects_a_foreign_checkpoint(tmp_path: Path) -> None:
+    from cemap.models.auto import SpandrelModel
+    from cemap.models.swinir import SwinIR
+
+    torch.manual_seed(0)
+    ref = SwinIR(scale=2, img_size=32, depths=(2, 2), embed_dim=48, num_heads=(2, 2)).eval()
+    torch.save({"params": ref.state_dict()}, tmp_path / "user.pth")
+    model = SpandrelModel.from_checkpoint(tmp_path / "user.pth").eval()
+    assert model.architecture == "SwinIR" and model_info(model).scale == 2 and len(model.checkpoint_sha256) == 64
+    x = torch.rand(1, 3, 20, 28)
+    before = x.clone()
+    with torch.no_grad():
+        y = model(x)
+    assert y.shape == (1, 3, 40, 56) and torch.equal(x, before)
