@@ -67,5 +67,55 @@ class RunConfig:
     figure_bound: Optional[float] = None
 
 
+@dataclass
+class ScheduleConfig:
+    """A training schedule (``conf/train/*.yaml``): every value here changes the trained weights."""
+
+    steps: int = 1000
+    batch_size: int = 16
+    patch_size: int = 48
+    loss: str = "l1"
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    weight_decay: float = 0.0
+    scheduler: str = "cosine"
+    warmup_steps: int = 0
+    eta_min_ratio: float = 0.01
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.5
+    ema_decay: float = 0.999
+    grad_clip: float = 0.0
+    amp: bool = False
+    val_every: int = 250
+    checkpoint_every: int = 100
+
+
+@dataclass
+class WandbConfig:
+    project: str = "cemap"
+    group: Optional[str] = None
+
+
+@dataclass
+class TrainConfig:
+    model: Any = MISSING
+    task: Any = MISSING
+    mix: dict[str, float] = field(default_factory=dict)  # conf/task preset -> weight; empty = single task
+    data: Any = MISSING
+    val_data: Any = MISSING
+    train: ScheduleConfig = field(default_factory=ScheduleConfig)
+    seed: int = 0
+    device: str = "auto"
+    logger: str = "csv"
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    output_root: str = "outputs"
+    progress: bool = True
+    max_steps_this_run: Optional[int] = None
+
+
 def register_configs() -> None:
-    ConfigStore.instance().store(name="run_schema", node=RunConfig)
+    cs = ConfigStore.instance()
+    cs.store(name="run_schema", node=RunConfig)
+    cs.store(name="training_schema", node=TrainConfig)
+    cs.store(group="train", name="schedule_schema", node=ScheduleConfig)

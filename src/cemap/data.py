@@ -216,3 +216,14 @@ class FolderSet:
                 raise FileNotFoundError(f"no degraded image for {f.name} in {self.lq!r} (looked for stem {f.stem + self.lq_suffix!r})")
             gt = read_image(f)
             yield f.stem, gt[: gt.shape[0] - gt.shape[0] % self.multiple, : gt.shape[1] - gt.shape[1] % self.multiple], read_image(match)
+
+
+@dataclass
+class CombinedSet:
+    """Several image sets in sequence (e.g. the embedded training split plus dead leaves)."""
+
+    sets: list
+
+    def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
+        for s in self.sets:
+            yield from s

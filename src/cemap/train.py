@@ -1,0 +1,249 @@
+"""``python -m cemap.train``: train a zoo model on a task (or a mixture of tasks) from configs.
+
+    python -m cemap.train model=dncnn_tiny task=denoise train=tiny_dncnn
+    python -m cemap.train model=srresnet_same_tiny train=tiny_mix mix='{sr_x4_upsampled: 1, denoise: 1, derain: 1}'
+    torchrun --nproc_per_node=2 -m cemap.train model=... task=...        # DistributedDataParallel
+
+Runs land in ``<output_root>/models/<key>/`` where the key hashes the resolved training config: rerunning the same
+command resumes an interrupted run from ``last.pth`` or, when ``final.pth`` exists, does nothing. Outputs:
+``final.pth`` (BasicSR convention: ``params``, ``params_ema``, ``iter``, ``config``), ``metrics.csv``,
+``eval.json`` (model and classical baseline on the held-out test images).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from cemap import results
+from cemap.config import register_configs
+from cemap.engine import resolve_device
+from cemap.run import build_model
+from cemap.training import (
+    EMA,
+    LOSSES,
+    PatchSampler,
+    evaluate,
+    load_training_state,
+    lr_factor,
+    make_optimizer,
+    save_training_checkpoint,
+)
+
+log = logging.getLogger("cemap.train")
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+RESULT_NEUTRAL = ("device", "logger", "output_root", "progress", "wandb", "train.val_every", "train.checkpoint_every",
+                  "max_steps_this_run")
+"""Settings that never change the trained weights, left out of the cache key."""
+
+FINAL, LAST, METRICS, EVAL = "final.pth", "last.pth", "metrics.csv", "eval.json"
+
+
+def training_key(cfg: DictConfig) -> str:
+    node = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(node, dict)
+    for dotted in RESULT_NEUTRAL:
+        *parents, leaf = dotted.split(".")
+        d = node
+        for p in parents:
+            d = d.get(p, {})
+        d.pop(leaf, None)
+    return hashlib.sha256(json.dumps(node, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def task_label(task: Any) -> str:
+    """A short readable name: the task name plus its scale where it has one (``sr_x4``)."""
+    d = task.describe()
+    return f"{d['name']}_x{d['scale']}" if d.get("scale", 1) > 1 else str(d["name"])
+
+
+def run_dir(cfg: DictConfig) -> Path:
+    """Where the model trained with ``cfg`` lives: the checkpoint cache entry of its config."""
+    label = "mix" if cfg.mix else task_label(hydra.utils.instantiate(cfg.task))
+    return Path(cfg.output_root) / "models" / f"{cfg.model.name}-{label}-{training_key(cfg)}"
+
+
+def tasks_of(cfg: DictConfig) -> dict[str, tuple[Any, float]]:
+    """The task (or weighted tasks of a mix, by ``conf/task`` preset name) the model trains on."""
+    if not cfg.mix:
+        task = hydra.utils.instantiate(cfg.task)
+        return {task_label(task): (task, 1.0)}
+    out = {}
+    for name, weight in cfg.mix.items():
+        node = OmegaConf.load(CONF_DIR / "task" / f"{name}.yaml")
+        out[name] = (hydra.utils.instantiate(node), float(weight))
+    return out
+
+
+def _images(node: DictConfig) -> list[np.ndarray]:
+    return [im for _, im in hydra.utils.instantiate(node)]
+
+
+class Logger:
+    """CSV always (``metrics.csv``); W&B too when ``logger=wandb`` (offline unless WANDB_MODE=online)."""
+
+    def __init__(self, cfg: DictConfig, directory: Path, enabled: bool, tasks: list[str]) -> None:
+        self.path = directory / METRICS
+        self.enabled = enabled
+        self.wandb = None
+        if enabled and cfg.logger == "wandb":
+            import wandb
+
+            os.environ.setdefault("WANDB_MODE", "offline")
+            self.wandb = wandb.init(project=cfg.wandb.project, group=cfg.wandb.group or "train", dir=str(directory),
+                                    name=directory.name, config=OmegaConf.to_container(cfg, resolve=True),
+                                    tags=[cfg.model.name, *tasks],
+                                    reinit=True)
+
+    def log(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        new = not self.path.exists()
+        with open(self.path, "a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=["step", "kind", "task", "loss", "lr", "psnr", "ssim", "seconds"],
+                                    extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        if self.wandb is not None:
+            self.wandb.log({f"{row['kind']}/{k}": v for k, v in row.items() if k not in ("kind", "step", "task")
+                            and v is not None}, step=int(row["step"]))
+
+    def finish(self) -> None:
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def train(cfg: DictConfig) -> Path:
+    """Train (or resume, or reuse) the model described by ``cfg``; returns the path of ``final.pth``."""
+    directory = run_dir(cfg)
+    final = directory / FINAL
+    if final.is_file():
+        log.info("cache hit: %s", final)
+        return final
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    device = resolve_device(cfg.device)
+    if world > 1:
+        import torch.distributed as dist
+
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    main_process = rank == 0
+    if main_process:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+    torch.manual_seed(cfg.seed)
+    model, model_name = build_model(cfg.model)
+    model.to(device)
+    s = cfg.train
+    tasks = tasks_of(cfg)
+    sampler = PatchSampler(_images(cfg.data), tasks, s.patch_size, s.batch_size, cfg.seed)
+    optimizer = make_optimizer(model.parameters(), s.optimizer, s.lr, s.betas, s.weight_decay)
+    ema = EMA(model, s.ema_decay)
+    start = 0
+    last = directory / LAST
+    if last.is_file():
+        state = load_training_state(last)
+        model.load_state_dict(state["params"])
+        ema.model.load_state_dict(state["params_ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        start = int(state["iter"])
+        log.info("resuming %s from step %d", directory, start)
+    ema.model.to(device)
+    net: torch.nn.Module = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    logger = Logger(cfg, directory, main_process, list(tasks))
+    loss_fn = LOSSES[s.loss]
+    config = OmegaConf.to_container(cfg, resolve=True)
+    val_images = _images(cfg.val_data)
+    stop = s.steps if cfg.max_steps_this_run is None else min(s.steps, start + cfg.max_steps_this_run)
+    bar = tqdm(range(start, stop), initial=start, total=s.steps, desc=f"train {model_name}", unit="step",
+               disable=not (cfg.progress and main_process))
+    started = time.perf_counter()
+    for step in bar:
+        factor = lr_factor(step, s.steps, s.scheduler, s.warmup_steps, s.eta_min_ratio, s.milestones, s.gamma)
+        for group in optimizer.param_groups:
+            group["lr"] = s.lr * factor
+        lq, gt, task_name = sampler.batch(step, rank, world)
+        net.train()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(s.amp) and device.type == "cuda"):
+            loss = loss_fn(net(lq.to(device)), gt.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if s.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+        optimizer.step()
+        ema.update(model)
+        done = step + 1
+        bar.set_postfix(loss=f"{loss.item():.4f}", task=task_name)
+        logger.log({"step": done, "kind": "train", "task": task_name, "loss": loss.item(), "lr": s.lr * factor,
+                    "seconds": round(time.perf_counter() - started, 2)})
+        if main_process and (done % s.checkpoint_every == 0 or done == stop):
+            save_training_checkpoint(last, model, ema, done, config, optimizer)
+        if main_process and s.val_every and done % s.val_every == 0 and done < s.steps:
+            for name, (task, _) in tasks.items():
+                row = evaluate(ema.model, task, val_images, cfg.seed, device, with_baseline=False)
+                logger.log({"step": done, "kind": "val", "task": name, "psnr": row.psnr, "ssim": row.ssim})
+    bar.close()
+    if stop < s.steps:  # a deliberately partial run (tests, time-sliced jobs)
+        logger.finish()
+        return last
+
+    if main_process:
+        rows = []
+        for name, (task, _) in tasks.items():
+            row = evaluate(ema.model, task, val_images, cfg.seed, device)
+            rows.append({**row.__dict__, "task": name})
+            logger.log({"step": s.steps, "kind": "final", "task": name, "psnr": row.psnr, "ssim": row.ssim})
+        summary = {"model": model_name, "key": directory.name, "steps": s.steps,
+                   "minutes": round((time.perf_counter() - started) / 60, 2), "resumed_from": start,
+                   "device": str(device), "world_size": world, "eval": rows}
+        results.atomic_write_json(directory / EVAL, summary)
+        save_training_checkpoint(final, model, ema, s.steps, config)
+        last.unlink(missing_ok=True)
+    logger.finish()
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+    return final
+
+
+def _task(cfg: DictConfig) -> None:
+    final = train(cfg)
+    evaluation = final.parent / EVAL
+    if evaluation.is_file() and int(os.environ.get("RANK", "0")) == 0:
+        print(evaluation.read_text().strip().replace("\n", " "), flush=True)
+
+
+def main() -> None:
+    register_configs()
+    hydra.main(config_path=str(CONF_DIR), config_name="training", version_base="1.3")(_task)()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

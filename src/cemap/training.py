@@ -1,0 +1,225 @@
+"""Training our own restoration models: seeded patch sampling, EMA, schedules, resumable checkpoints, baselines.
+
+Everything random is a function of (seed, step): the patches, the degradation of each patch and, for multi-task
+training, the task of each batch. A run resumed from a checkpoint therefore sees exactly the batches the
+uninterrupted run would have seen and, on the CPU, ends with the same weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cemap import results
+from cemap.checkpoint import read_checkpoint
+from cemap.imageio import to_tensor
+from cemap.metrics import psnr, ssim
+from cemap.resize import make_resizer
+from cemap.tasks.base import Task
+from cemap.tasks.deblur import Deblur, blur, gaussian_kernel
+from cemap.tasks.denoise import Denoise
+from cemap.tasks.sr import SuperResolution, UpsampledSR
+
+
+def step_rng(seed: int, step: int, stream: int = 0) -> np.random.Generator:
+    """The generator of one training step (``stream`` separates independent uses, e.g. DDP ranks)."""
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(step, stream))))
+
+
+class PatchSampler:
+    """Random training pairs: crops of the source images, degraded by the step's task.
+
+    ``tasks`` maps a name to (task, weight); with several tasks, each batch comes from one task drawn with the
+    configured weights (multi-task "mix" training). ``patch_size`` is in output (ground-truth) pixels.
+    """
+
+    def __init__(self, images: Sequence[np.ndarray], tasks: dict[str, tuple[Task, float]], patch_size: int,
+                 batch_size: int, seed: int) -> None:
+        self.images = [im for im in images if min(im.shape[:2]) >= patch_size]
+        if not self.images:
+            raise ValueError(f"no training image is at least {patch_size} px on each side")
+        total = sum(w for _, w in tasks.values())
+        if not tasks or total <= 0:
+            raise ValueError("at least one task with a positive weight is needed")
+        self.names = list(tasks)
+        self.tasks = [tasks[n][0] for n in self.names]
+        self.weights = np.array([tasks[n][1] / total for n in self.names])
+        self.areas = np.array([im.shape[0] * im.shape[1] for im in self.images], dtype=np.float64)
+        self.areas /= self.areas.sum()
+        self.patch_size, self.batch_size, self.seed = patch_size, batch_size, seed
+        for task in self.tasks:
+            if patch_size % task.block_multiple:
+                raise ValueError(f"patch_size={patch_size} is not a multiple of task {task.name}'s scale")
+
+    def task_index(self, step: int) -> int:
+        return int(step_rng(self.seed, step, 1).choice(len(self.tasks), p=self.weights))
+
+    def batch(self, step: int, rank: int = 0, world: int = 1) -> tuple[torch.Tensor, torch.Tensor, str]:
+        """(inputs, targets, task name) of ``step``; with ``world`` > 1 each rank gets its slice of the batch."""
+        k = self.task_index(step)
+        task = self.tasks[k]
+        rng = step_rng(self.seed, step)
+        p = self.patch_size
+        lq, gt = [], []
+        for i in range(self.batch_size):
+            im = self.images[int(rng.choice(len(self.images), p=self.areas))]
+            y = int(rng.integers(0, im.shape[0] - p + 1))
+            x = int(rng.integers(0, im.shape[1] - p + 1))
+            crop = im[y : y + p, x : x + p]
+            if rng.random() < 0.5:
+                crop = crop[:, ::-1]
+            if rng.random() < 0.5:
+                crop = crop[::-1]
+            seed_i = int(rng.integers(0, 2**31 - 1))
+            if i % world != rank:
+                continue
+            clean = to_tensor(np.ascontiguousarray(crop))
+            lq.append(task.degrade(clean, np.random.RandomState(seed_i)).image)
+            gt.append(clean)
+        return torch.stack(lq), torch.stack(gt), self.names[k]
+
+
+class EMA:
+    """Exponential moving average of a model's weights (BasicSR's ``params_ema``)."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for e, m in zip(self.model.state_dict().values(), model.state_dict().values()):
+            if e.is_floating_point():
+                e.mul_(self.decay).add_(m.detach(), alpha=1 - self.decay)
+            else:
+                e.copy_(m)
+
+
+def make_optimizer(params: Iterable[nn.Parameter], name: str, lr: float, betas: Sequence[float], weight_decay: float) -> torch.optim.Optimizer:
+    optimizers = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+    if name not in optimizers:
+        raise ValueError(f"optimizer={name!r}; choose one of {sorted(optimizers)}")
+    return optimizers[name](params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+
+
+def lr_factor(step: int, steps: int, scheduler: str, warmup: int, eta_min_ratio: float, milestones: Sequence[int], gamma: float) -> float:
+    """Learning-rate multiplier at ``step``: linear warm-up, then ``cosine`` decay to ``eta_min_ratio`` or ``step``
+    decay by ``gamma`` at each milestone, or ``constant``."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if scheduler == "cosine":
+        t = (step - warmup) / max(1, steps - warmup)
+        return eta_min_ratio + (1 - eta_min_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+    if scheduler == "step":
+        return gamma ** sum(step >= m for m in milestones)
+    if scheduler == "constant":
+        return 1.0
+    raise ValueError(f"scheduler={scheduler!r}; choose cosine, step or constant")
+
+
+LOSSES = {"l1": F.l1_loss, "l2": F.mse_loss}
+
+
+# --- evaluation ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalRow:
+    task: str
+    psnr: float
+    ssim: float
+    baseline: str
+    baseline_psnr: float
+    baseline_ssim: float
+
+
+def _mean_metrics(outputs: list[torch.Tensor], targets: list[torch.Tensor], crop_border: int) -> tuple[float, float]:
+    p = [psnr(o, t, crop_border).item() for o, t in zip(outputs, targets)]
+    s = [ssim(o, t, crop_border).item() for o, t in zip(outputs, targets)]
+    return float(np.mean(p)), float(np.mean(s))
+
+
+def classical_baseline(task: Task, degraded: list[torch.Tensor], targets: list[torch.Tensor],
+                       crop_border: int) -> tuple[str, list[torch.Tensor]]:
+    """The task's classical answer on the same images: bicubic upsampling for SR, the best Gaussian filter (sigma
+    chosen on these very images, an optimistic baseline) for denoising, the degraded input itself otherwise."""
+    if isinstance(task, SuperResolution):
+        up = make_resizer(task.kernel)
+        return "bicubic", [up(d.unsqueeze(0), t.shape[-2], t.shape[-1])[0] for d, t in zip(degraded, targets)]
+    if isinstance(task, Denoise):
+        best: tuple[float, float, list[torch.Tensor]] | None = None
+        for sigma in np.arange(0.4, 3.01, 0.1):
+            k = torch.from_numpy(gaussian_kernel(2 * math.ceil(3 * sigma) + 1, float(sigma)))
+            out = [blur(d.unsqueeze(0), k)[0].float() for d in degraded]
+            score = _mean_metrics(out, targets, crop_border)[0]
+            if best is None or score > best[0]:
+                best = (score, float(sigma), out)
+        assert best is not None
+        return f"gaussian(sigma={best[1]:.1f})", best[2]
+    if isinstance(task, UpsampledSR):
+        return "bicubic", degraded
+    return "degraded input", degraded
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, task: Task, images: Sequence[np.ndarray], seed: int, device: torch.device,
+             crop_border: int = 0, with_baseline: bool = True) -> EvalRow:
+    """Full-image PSNR / SSIM of ``model`` on ``images`` degraded by ``task`` (seeded), and of the classical baseline."""
+    model.eval()
+    targets = [to_tensor(im) for im in images]
+    degraded = [task.degrade(t, np.random.RandomState(seed + i)).image for i, t in enumerate(targets)]
+    outputs = [model(d.unsqueeze(0).to(device))[0].cpu() for d in degraded]
+    p, s = _mean_metrics(outputs, targets, crop_border)
+    if not with_baseline:
+        return EvalRow(task.name, p, s, "", float("nan"), float("nan"))
+    name, base = classical_baseline(task, degraded, targets, crop_border)
+    bp, bs = _mean_metrics(base, targets, crop_border)
+    return EvalRow(task.name, p, s, name, bp, bs)
+
+
+# --- checkpoints -----------------------------------------------------------------------------------------------------
+
+
+def save_training_checkpoint(path: Path, model: nn.Module, ema: EMA | None, step: int, config: dict[str, Any],
+                             optimizer: torch.optim.Optimizer | None = None, extra: dict[str, Any] | None = None) -> Path:
+    """BasicSR-convention checkpoint (``params``, ``params_ema``, ``iter``, the resolved config), plus the training
+    state needed to resume when ``optimizer`` is given. Written atomically; loads with ``weights_only=True``."""
+    state: dict[str, Any] = {
+        "params": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "iter": step,
+        "config": config,
+    }
+    if ema is not None:
+        state["params_ema"] = {k: v.detach().cpu() for k, v in ema.model.state_dict().items()}
+    if optimizer is not None:
+        state["optimizer"] = optimizer.state_dict()
+        state["torch_rng"] = torch.get_rng_state()
+    state.update(extra or {})
+    import io
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return results.atomic_write_bytes(path, buf.getvalue())
+
+
+def load_training_state(path: Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_weights(model: nn.Module, path: Path) -> nn.Module:
+    """Load the EMA weights of a training checkpoint (the plain ones when there are none)."""
+    model.load_state_dict(read_checkpoint(path), strict=True)
+    return model

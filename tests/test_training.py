@@ -1,0 +1,111 @@
+"""Training: loss goes down, checkpoints load, resume is exact, the cache keys on the config, mix proportions."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from cemap.checkpoint import load_checkpoint, read_checkpoint
+from cemap.config import register_configs
+from cemap.run import build_model
+from cemap.tasks import Denoise, Derain, SuperResolution
+from cemap.train import run_dir, train
+from cemap.training import PatchSampler
+from tests.conftest import REPO
+
+FAST = ["train.steps=20", "train.batch_size=4", "train.patch_size=32", "train.warmup_steps=0", "train.lr=0.002",
+        "train.val_every=0", "train.checkpoint_every=5", "progress=false", "device=cpu",
+        "data=dead_leaves", "data.n_images=4", "data.size=64", "val_data.crop=32"]
+
+
+def config(tmp_path: Path, *overrides: str):  # type: ignore[no-untyped-def]
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("training", overrides=[*FAST, f"output_root={tmp_path}", *overrides])
+
+
+def losses(directory: Path) -> list[float]:
+    with open(directory / "metrics.csv") as fh:
+        return [float(r["loss"]) for r in csv.DictReader(fh) if r["kind"] == "train"]
+
+
+@pytest.mark.parametrize(
+    "model,task",
+    [("dncnn_tiny", "denoise"), ("srresnet_tiny", "sr_x4"), ("rcan_dn_tiny", "derain"), ("srresnet_same_tiny", "deblur")],
+)
+def test_short_run_lowers_loss_and_writes_a_loadable_checkpoint(tmp_path: Path, model: str, task: str) -> None:
+    cfg = config(tmp_path, f"model={model}", f"task={task}")
+    final = train(cfg)
+    trace = losses(final.parent)
+    assert len(trace) == 20 and np.mean(trace[-5:]) < np.mean(trace[:5]), trace
+    state = torch.load(final, weights_only=True)
+    assert {"params", "params_ema", "iter", "config"} <= set(state) and state["iter"] == 20
+    fresh, _ = build_model(cfg.model)
+    load_checkpoint(fresh, final)  # the zoo loader takes params_ema
+    assert torch.equal(next(iter(fresh.state_dict().values())), next(iter(state["params_ema"].values())))
+    assert (final.parent / "eval.json").is_file()
+
+
+def test_interrupted_training_resumes_to_identical_weights(tmp_path: Path) -> None:
+    whole = train(config(tmp_path / "a", "model=dncnn_tiny", "train.steps=12"))
+    partial = train(config(tmp_path / "b", "model=dncnn_tiny", "train.steps=12", "max_steps_this_run=7"))
+    assert partial.name == "last.pth" and torch.load(partial, weights_only=True)["iter"] == 7
+    resumed = train(config(tmp_path / "b", "model=dncnn_tiny", "train.steps=12"))
+    a, b = read_checkpoint(whole), read_checkpoint(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    plain_a = torch.load(whole, weights_only=True)["params"]
+    plain_b = torch.load(resumed, weights_only=True)["params"]
+    assert all(torch.equal(plain_a[k], plain_b[k]) for k in plain_a)
+
+
+def test_cache_hits_for_the_same_config_only(tmp_path: Path) -> None:
+    cfg = config(tmp_path, "model=dncnn_tiny", "train.steps=3")
+    final = train(cfg)
+    stamp = final.stat().st_mtime_ns
+    assert train(config(tmp_path, "model=dncnn_tiny", "train.steps=3", "progress=true")) == final
+    assert final.stat().st_mtime_ns == stamp
+    changed = config(tmp_path, "model=dncnn_tiny", "train.steps=3", "train.lr=0.0005")
+    assert run_dir(changed) != run_dir(cfg)
+    assert run_dir(config(tmp_path, "model=dncnn_tiny", "train.steps=3", "task.sigma=25")) != run_dir(cfg)
+
+
+def test_mix_sampler_follows_the_weights() -> None:
+    images = [np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)]
+    tasks = {"sr": (SuperResolution(4), 1.0), "dn": (Denoise(), 2.0), "dr": (Derain(), 1.0)}
+    sampler = PatchSampler(images, tasks, 32, 2, seed=0)
+    drawn = np.bincount([sampler.task_index(s) for s in range(4000)], minlength=3) / 4000
+    np.testing.assert_allclose(drawn, [0.25, 0.5, 0.25], atol=0.03)
+    assert [sampler.task_index(s) for s in range(50)] == [PatchSampler(images, tasks, 32, 2, 0).task_index(s) for s in range(50)]
+    lq, gt, name = sampler.batch(0)
+    assert lq.shape[0] == 2 and gt.shape[-1] == 32
+
+
+def test_mix_training_runs(tmp_path: Path) -> None:
+    final = train(config(tmp_path, "model=srresnet_same_tiny", "++mix={sr_x4_upsampled: 1, denoise: 1, derain: 1}",
+                         "train.steps=6"))
+    import json
+
+    tasks = {r["task"] for r in json.loads((final.parent / "eval.json").read_text())["eval"]}
+    assert tasks == {"sr_x4_upsampled", "denoise", "derain"}
+
+
+def test_ddp_two_cpu_processes_match_one(tmp_path: Path) -> None:
+    """torchrun with 2 gloo processes splits each batch in two; averaged gradients equal the single-process ones."""
+    args = [*FAST, "model=dncnn_tiny", "train.steps=6"]
+    single = train(config(tmp_path / "one", "model=dncnn_tiny", "train.steps=6"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "cemap.train", *args, f"output_root={tmp_path / 'two'}"],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    double = next((tmp_path / "two" / "models").glob("*/final.pth"))
+    a, b = read_checkpoint(single), read_checkpoint(double)
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
