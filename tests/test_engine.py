@@ -249,3 +249,20 @@ def test_lower_is_better_metric_is_oriented(small_image: np.ndarray, small_bank:
     )
     roi = psnr.roi_mask
     assert (np.sign(psnr.effects[roi]) == np.sign(mse.effects[roi])).all()
+
+
+@pytest.mark.parametrize("estimator", [Fixed(n_samples=3), Reference(n_coarse=2, n_fine=4)])
+def test_many_rois_equal_separate_runs(small_image, small_bank, estimator) -> None:  # type: ignore[no-untyped-def]
+    cem = CausalEffectMap(conv_stack(3), Denoise(), device="cpu", batch_size=6)
+    rois = [ROI(8, 8, 8), ROI(30, 20, 12), ROI(0, 32, 8)]
+    together = cem.attribute(small_image, rois, 8, estimator, patches=small_bank)
+    assert isinstance(together, list) and len(together) == 3
+    shared = together[0].meta["forwards"]
+    separate_forwards = 0
+    for roi, joint in zip(rois, together):
+        alone = cem.attribute(small_image, roi, 8, estimator, patches=small_bank)
+        separate_forwards += alone.meta["forwards"]
+        assert np.array_equal(alone.effects, joint.effects)
+        assert np.array_equal(alone.se, joint.se, equal_nan=True)
+        assert alone.origin == joint.origin and joint.meta["roi"]["x"] == roi.x
+    assert shared < separate_forwards

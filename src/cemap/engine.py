@@ -149,8 +149,8 @@ class CausalEffectMap:
 
     # --- scoring --------------------------------------------------------------------------------------------------
 
-    def _score(self, batch: torch.Tensor, clean: torch.Tensor, roi: ROI) -> np.ndarray:
-        """ROI metric of each input in ``batch`` (the unmodified input goes through here too)."""
+    def _score(self, batch: torch.Tensor, clean: torch.Tensor, rois: Sequence[ROI]) -> np.ndarray:
+        """(B, R) ROI metric of each input in ``batch`` for each ROI (the unmodified input goes through here too)."""
         with torch.inference_mode():
             out = self.model(batch)
         expected = (batch.shape[0], 3, clean.shape[1], clean.shape[2])
@@ -163,15 +163,16 @@ class CausalEffectMap:
         if not torch.isfinite(out).all():
             raise ModelOutputError(f"model {self.model_name} returned NaN or inf on task {self.task.name}")
         self.forwards += batch.shape[0]
-        return self.metric(out, clean, roi).detach().cpu().numpy().astype(np.float64)
+        scores = torch.stack([self.metric(out, clean, roi) for roi in rois], dim=1)
+        return scores.detach().cpu().numpy().astype(np.float64)
 
-    def _flush(self, pending: _Pending, clean: torch.Tensor, roi: ROI) -> None:
+    def _flush(self, pending: _Pending, clean: torch.Tensor, rois: Sequence[ROI]) -> None:
         if not pending.size:
             return
-        scores = self._score(torch.cat(pending.inputs), clean, roi)
+        scores = self._score(torch.cat(pending.inputs), clean, rois)
         i = 0
         for store, block, draws in pending.targets:
-            store[block, draws] = scores[i : i + len(draws)]
+            store[:, block, draws] = scores[i : i + len(draws)].T
             i += len(draws)
         pending.inputs.clear()
         pending.targets.clear()
@@ -182,7 +183,7 @@ class CausalEffectMap:
     def attribute(
         self,
         clean: torch.Tensor | np.ndarray,
-        roi: ROI | tuple[int, int, int],
+        roi: ROI | tuple[int, int, int] | Sequence[ROI | tuple[int, int, int]],
         block_size: int = 8,
         estimator: str | Estimator = "reference",
         seed: int = 0,
@@ -193,24 +194,30 @@ class CausalEffectMap:
         keep_samples: bool = False,
         blocks: Sequence[int] | None = None,
         meta: dict[str, Any] | None = None,
-    ) -> CEMResult:
+    ) -> CEMResult | list[CEMResult]:
         """Compute the causal effect map of every block on the ROI.
 
         ``clean`` is the ground truth (3, H, W) in [0, 1] (or H x W x 3 uint8); ``roi`` = (x, y, size) in output
-        pixels. The degradation is drawn from ``RandomState(seed)`` (the paper's demo stream) unless ``degraded`` is
-        given. With ``state_path``, the samples measured so far are saved every ``checkpoint_every_s`` seconds and a
-        rerun with the same settings resumes from them. ``blocks`` restricts the work to those flat block indices
-        (the others are marked not computed), e.g. one shard of a map split over several jobs.
+        pixels, or a list of them: several ROIs are scored from the same forward passes and a list of results comes
+        back (each equal to a separate run for that ROI). The degradation is drawn from ``RandomState(seed)`` (the
+        paper's demo stream) unless ``degraded`` is given. With ``state_path``, the samples measured so far are saved
+        every ``checkpoint_every_s`` seconds and a rerun with the same settings resumes from them. ``blocks``
+        restricts the work to those flat block indices (the others are marked not computed), e.g. one shard of a map
+        split over several jobs.
         """
         started = time.perf_counter()
         forwards_before = self.forwards
         clean_t = (to_tensor(clean) if isinstance(clean, np.ndarray) else clean.detach().to(torch.float32)).cpu()
         if clean_t.dim() != 3 or clean_t.shape[0] != 3:
             raise ValueError(f"clean image must be (3, H, W) or H x W x 3, got shape {tuple(clean_t.shape)}")
-        roi = roi if isinstance(roi, ROI) else ROI(*roi)
+        single = isinstance(roi, ROI) or (isinstance(roi, tuple) and len(roi) == 3 and all(isinstance(v, int) for v in roi))
+        rois = [roi] if single else list(roi)  # type: ignore[list-item]
+        rois = [r if isinstance(r, ROI) else ROI(*r) for r in rois]
+        if not rois:
+            raise GeometryError("at least one ROI is needed")
         _, height, width = clean_t.shape
         grid = BlockGrid(height, width, block_size, scale=self.task.block_multiple)
-        roi_mask = grid.roi_mask(roi)
+        roi_masks = [grid.roi_mask(r) for r in rois]
         est = make_estimator(estimator) if isinstance(estimator, str) else estimator
         selected = np.ones(len(grid), dtype=bool)
         if blocks is not None:
@@ -227,16 +234,17 @@ class CausalEffectMap:
         degraded = degraded.to(self.device, torch.float32)
         clean_d = clean_t.to(self.device)
 
-        key = self._state_key(clean_t, degraded, roi, grid, est, seed, bank)
+        key = self._state_key(clean_t, degraded, rois, grid, est, seed, bank)
         resumed = results.load_partial(Path(state_path), key) if state_path else None
         stages: list[np.ndarray] = resumed[1] if resumed else []
         if resumed:
             log.info("resuming from %s (%d stage(s) saved)", state_path, len(stages))
 
+        n_rois, n_blocks = len(rois), len(grid)
         with tf32_mode(self.tf32):
-            origin = self._score(degraded.image.unsqueeze(0), clean_d, roi)[0]
-            if resumed and resumed[0] != origin:
-                log.warning("saved origin %.6f differs from recomputed %.6f: starting over", resumed[0], origin)
+            origin = self._score(degraded.image.unsqueeze(0), clean_d, rois)[0]
+            if resumed and not np.array_equal(resumed[0], origin):
+                log.warning("saved origin %s differs from recomputed %s: starting over", resumed[0], origin)
                 stages = []
             orient = 1.0 if self.metric.higher_is_better else -1.0
             last_save = time.monotonic()
@@ -247,23 +255,25 @@ class CausalEffectMap:
                     results.save_partial(Path(state_path), key, origin, stages)
                     last_save = time.monotonic()
 
+            def differences(r: int, upto: int) -> list[np.ndarray]:
+                return [orient * (origin[r] - st[r]) for st in stages[:upto]]
+
             stage = 0
             while True:
-                differences = [orient * (origin - s) for s in stages[:stage]]
-                counts = est.plan(stage, len(grid), differences)
-                if counts is None:
+                plans = [est.plan(stage, n_blocks, differences(r, stage)) for r in range(n_rois)]
+                if plans[0] is None:
                     break
-                counts = np.where(selected, counts, 0)
-                width_s = int(counts.max(initial=0))
-                if stage < len(stages) and stages[stage].shape == (len(grid), width_s):
+                counts = np.where(selected, np.max(np.stack(plans), axis=0), 0)
+                depth = int(counts.max(initial=0))
+                if stage < len(stages) and stages[stage].shape == (n_rois, n_blocks, depth):
                     store = stages[stage]
                 else:
-                    store = np.full((len(grid), width_s), np.nan)
+                    store = np.full((n_rois, n_blocks, depth), np.nan)
                     stages[stage:] = [store]
                 todo = [
-                    (k, np.flatnonzero(np.isnan(store[k, : counts[k]])))
-                    for k in range(len(grid))
-                    if counts[k] and np.isnan(store[k, : counts[k]]).any()
+                    (k, np.flatnonzero(np.isnan(store[0, k, : counts[k]])))
+                    for k in range(n_blocks)
+                    if counts[k] and np.isnan(store[0, k, : counts[k]]).any()
                 ]
                 total = int(sum(len(d) for _, d in todo))
                 bar = tqdm(total=total, desc=f"CEM stage {stage}", unit="fwd", disable=not self.progress, leave=False)
@@ -282,42 +292,26 @@ class CausalEffectMap:
                         pending.size += len(take)
                         start += len(take)
                         if pending.size == self.batch_size:
-                            self._flush(pending, clean_d, roi)
+                            self._flush(pending, clean_d, rois)
                             bar.update(self.batch_size)
                             checkpoint()
                 flushed = pending.size
-                self._flush(pending, clean_d, roi)
+                self._flush(pending, clean_d, rois)
                 bar.update(flushed)
                 bar.close()
                 checkpoint(force=True)
                 stage += 1
 
-        differences = [orient * (origin - s) for s in stages]
-        estimate = est.estimate(differences)
+        elapsed = round(time.perf_counter() - started, 3)
+        forwards = np.zeros(n_blocks, dtype=np.int64)
+        for st in stages:
+            forwards += np.sum(~np.isnan(st[0]), axis=1)
         shape = grid.shape
-        forwards = np.zeros(len(grid), dtype=np.int64)
-        for s in stages:
-            forwards += np.sum(~np.isnan(s), axis=1)
-        effects = np.where(selected, estimate.effects, np.nan).reshape(shape)
-        se = np.where(selected, estimate.se, np.nan).reshape(shape)
-        status = np.where(selected, estimate.status, results.STATUS_NOT_COMPUTED).astype(np.uint8).reshape(shape)
-        result = CEMResult(
-            effects=effects,
-            se=se,
-            n=np.where(selected, estimate.n, 0).reshape(shape),
-            forwards=forwards.reshape(shape),
-            significant=est.significant(np.nan_to_num(effects), se),
-            status=status,
-            roi_mask=roi_mask,
-            origin=float(origin),
-            samples={f"stage{i}": s.reshape(*shape, -1) for i, s in enumerate(stages)} if keep_samples else {},
-        )
-        result.meta = {
+        common = {
             "model": self.model_name,
             "model_fingerprint": model_fingerprint(self.model),
             "task": self.task.describe(),
             "metric": self.metric.name,
-            "roi": {"x": roi.x, "y": roi.y, "size": roi.size},
             "image_size": [height, width],
             "block_size": block_size,
             "grid": list(shape),
@@ -325,18 +319,35 @@ class CausalEffectMap:
             "seed": seed,
             "blocks": None if blocks is None else np.flatnonzero(selected).tolist(),
             "patch_bank": {"source": bank.source, "n_patches": len(bank), "patch_size": bank.patch_size, "sha256": bank.sha256},
-            "origin": float(origin),
             "forwards": self.forwards - forwards_before,
-            "seconds": round(time.perf_counter() - started, 3),
+            "seconds": elapsed,
+            "rois_sharing_forwards": n_rois,
             "device": str(self.device),
             "tf32": self.tf32,
             "batch_size": self.batch_size,
             "state_key": key,
             "versions": versions(),
             "git_commit": git_commit(),
-            **(meta or {}),
         }
-        return result
+        out: list[CEMResult] = []
+        for r, (one, mask) in enumerate(zip(rois, roi_masks)):
+            estimate = est.estimate(differences(r, len(stages)))
+            effects = np.where(selected, estimate.effects, np.nan).reshape(shape)
+            se = np.where(selected, estimate.se, np.nan).reshape(shape)
+            status = np.where(selected, estimate.status, results.STATUS_NOT_COMPUTED).astype(np.uint8).reshape(shape)
+            out.append(CEMResult(
+                effects=effects,
+                se=se,
+                n=np.where(selected, estimate.n, 0).reshape(shape),
+                forwards=forwards.reshape(shape),
+                significant=est.significant(np.nan_to_num(effects), se),
+                status=status,
+                roi_mask=mask,
+                origin=float(origin[r]),
+                samples={f"stage{i}": st[r].reshape(*shape, -1) for i, st in enumerate(stages)} if keep_samples else {},
+                meta={**common, "roi": {"x": one.x, "y": one.y, "size": one.size}, "origin": float(origin[r]), **(meta or {})},
+            ))
+        return out[0] if single else out
 
     # --- helpers --------------------------------------------------------------------------------------------------
 
@@ -349,7 +360,8 @@ class CausalEffectMap:
         return default_patch_bank(block_size)
 
     def _state_key(
-        self, clean: torch.Tensor, degraded: Degraded, roi: ROI, grid: BlockGrid, est: Estimator, seed: int, bank: PatchBank
+        self, clean: torch.Tensor, degraded: Degraded, rois: Sequence[ROI], grid: BlockGrid, est: Estimator, seed: int,
+        bank: PatchBank,
     ) -> str:
         """Everything that changes the samples, hashed: saved state resumes only into an identical computation."""
         settings = {
@@ -359,7 +371,7 @@ class CausalEffectMap:
             "model": model_fingerprint(self.model),
             "task": self.task.describe(),
             "metric": self.metric.name,
-            "roi": [roi.x, roi.y, roi.size],
+            "rois": [[r.x, r.y, r.size] for r in rois],
             "grid": [grid.height, grid.width, grid.block_size],
             "estimator": est.describe(),
             "seed": seed,

@@ -160,13 +160,13 @@ class CEMResult:
         return (d / RESULT_ARRAYS).is_file() and (d / RESULT_META).is_file()
 
 
-def save_partial(path: Path, key: str, origin: float, stages: list[np.ndarray]) -> Path:
+def save_partial(path: Path, key: str, origin: np.ndarray, stages: list[np.ndarray]) -> Path:
     """Persist the samples measured so far, so an interrupted run resumes from its last completed batch."""
     arrays = {f"stage{i}": s for i, s in enumerate(stages)}
-    return atomic_save_npz(path, key=np.array(key), origin=np.float64(origin), **arrays)
+    return atomic_save_npz(path, key=np.array(key), origin=np.asarray(origin, dtype=np.float64), **arrays)
 
 
-def load_partial(path: Path, key: str) -> tuple[float, list[np.ndarray]] | None:
+def load_partial(path: Path, key: str) -> tuple[np.ndarray, list[np.ndarray]] | None:
     """The saved origin and per-stage samples if ``path`` holds a partial run with the same ``key``."""
     p = Path(path)
     if not p.is_file():
@@ -176,7 +176,7 @@ def load_partial(path: Path, key: str) -> tuple[float, list[np.ndarray]] | None:
             if str(z["key"]) != key:
                 return None
             stages = [z[f"stage{i}"] for i in range(sum(1 for f in z.files if f.startswith("stage")))]
-            return float(z["origin"]), stages
+            return z["origin"], stages
     except (OSError, ValueError, KeyError):
         return None  # unreadable partial state: start over rather than trust it
 

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from scipy.signal import fftconvolve
 
 from cemap.grid import Block
 from cemap.tasks.base import Degraded, RandomSource, Task, quantize_8bit, randint
@@ -44,13 +44,15 @@ def streak_kernel(length: int, angle_deg: float, width: int) -> np.ndarray:
     k = np.zeros((size, size))
     c = (size - 1) / 2
     theta = np.deg2rad(angle_deg)
-    for t in np.linspace(-(length - 1) / 2, (length - 1) / 2, 4 * length):
-        y, x = c + t * np.cos(theta), c + t * np.sin(theta)
-        y0, x0 = int(np.floor(y)), int(np.floor(x))
-        for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
+    t = np.linspace(-(length - 1) / 2, (length - 1) / 2, 4 * length)
+    y, x = c + t * np.cos(theta), c + t * np.sin(theta)
+    y0, x0 = np.floor(y).astype(int), np.floor(x).astype(int)
+    for dy in (0, 1):
+        for dx in (0, 1):
             yy, xx = y0 + dy, x0 + dx
-            if 0 <= yy < size and 0 <= xx < size:
-                k[yy, xx] += (1 - abs(y - yy)) * (1 - abs(x - xx))
+            inside = (yy >= 0) & (yy < size) & (xx >= 0) & (xx < size)
+            weight = (1 - np.abs(y - yy)) * (1 - np.abs(x - xx))
+            np.add.at(k, (yy[inside], xx[inside]), weight[inside])
     if width > 1:
         sigma = 0.3 * ((width - 1) * 0.5 - 1) + 0.8
         r = np.arange(width) - (width - 1) / 2
@@ -61,12 +63,11 @@ def streak_kernel(length: int, angle_deg: float, width: int) -> np.ndarray:
 
 
 def _filter(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    """2-D correlation with reflected borders ("same" size), in float64."""
-    t = torch.from_numpy(image)[None, None]
+    """2-D correlation with reflected borders ("same" size), in float64; FFT-based, as streak kernels are large."""
     kh, kw = kernel.shape
-    pad = (kw // 2, kw - 1 - kw // 2, kh // 2, kh - 1 - kh // 2)
-    mode = "reflect" if min(image.shape) > max(kh, kw) else "replicate"
-    return F.conv2d(F.pad(t, pad, mode=mode), torch.from_numpy(kernel)[None, None])[0, 0].numpy()
+    pads = ((kh // 2, kh - 1 - kh // 2), (kw // 2, kw - 1 - kw // 2))
+    mode = "reflect" if min(image.shape) > max(kh, kw) else "edge"
+    return fftconvolve(np.pad(image, pads, mode=mode), kernel[::-1, ::-1], mode="valid")
 
 
 def rain_layer(height: int, width: int, rng: RandomSource, preset: RainPreset) -> tuple[np.ndarray, float]:
