@@ -9,8 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import MISSING, DictConfig, open_dict
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+"""The repository's ``conf/`` (cemap is installed in editable mode, so configs stay in the checkout)."""
 
 
 @dataclass
@@ -24,6 +31,8 @@ class ROIConfig:
 
 @dataclass
 class CEMConfig:
+    """``rois`` (top level) lists several (x, y, size) ROIs scored from the same forwards; it replaces ``roi``."""
+
     block_size: int = 8
     estimator: str = "reference"
     n_samples: int = 50
@@ -50,21 +59,44 @@ class PatchesConfig:
 
 
 @dataclass
+class TrainedRef:
+    """Use the model trained by ``python -m cemap.train`` with this schedule (``conf/train``) on the run's task, or on
+    ``mix`` (task preset -> weight), instead of an explicit ``ckpt``; the checkpoint cache finds it."""
+
+    schedule: Optional[str] = None
+    mix: dict[str, float] = field(default_factory=dict)
+    data: str = "train_default"
+
+
+@dataclass
+class WandbRunConfig:
+    project: str = "cemap"
+    group: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
 class RunConfig:
     model: Any = MISSING
     task: Any = MISSING
     cem: CEMConfig = field(default_factory=CEMConfig)
     roi: ROIConfig = field(default_factory=ROIConfig)
+    rois: Optional[list[list[int]]] = None
     patches: PatchesConfig = field(default_factory=PatchesConfig)
     image: str = "embedded:chelsea"
     crop: Optional[int] = None
     ckpt: Optional[str] = None
+    trained: TrainedRef = field(default_factory=TrainedRef)
     strict: bool = True
     seed: int = 0
     device: str = "auto"
     output_root: str = "outputs"
     progress: bool = True
     figure_bound: Optional[float] = None
+    logger: str = "none"
+    wandb: WandbRunConfig = field(default_factory=WandbRunConfig)
+    subject: Any = None
+    experiment: Any = None
 
 
 @dataclass
@@ -119,3 +151,35 @@ def register_configs() -> None:
     cs.store(name="run_schema", node=RunConfig)
     cs.store(name="training_schema", node=TrainConfig)
     cs.store(group="train", name="schedule_schema", node=ScheduleConfig)
+
+
+def compose_config(name: str, overrides: list[str], with_choices: bool = False) -> DictConfig:
+    """Compose ``conf/<name>.yaml`` with ``overrides``, inside a running Hydra app or outside one.
+
+    With ``with_choices`` the result keeps ``hydra.runtime.choices`` (which preset each group resolved to) under
+    ``_choices``; the ``hydra`` node itself is always removed so configs hash the same wherever they were composed.
+    """
+    register_configs()
+    gh = GlobalHydra.instance()
+    if gh.is_initialized():
+        from hydra.types import RunMode
+
+        cfg = gh.hydra.compose_config(name, overrides, run_mode=RunMode.RUN, with_log_configuration=False)  # type: ignore[union-attr]
+    else:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(name, overrides=overrides, return_hydra_config=True)
+    choices = dict(cfg.hydra.runtime.choices)
+    with open_dict(cfg):
+        del cfg["hydra"]
+        if with_choices:
+            cfg["_choices"] = {k: v for k, v in choices.items() if not k.startswith("hydra")}
+    return cfg
+
+
+def training_overrides(model_preset: str, task_preset: str, trained: TrainedRef | DictConfig, output_root: str) -> list[str]:
+    """``python -m cemap.train`` overrides that train the model a run refers to through ``trained``."""
+    args = [f"model={model_preset}", f"task={task_preset}", f"train={trained.schedule}", f"data@data={trained.data}",
+            f"output_root={output_root}"]
+    if trained.mix:
+        args.append("++mix={" + ", ".join(f"{k}: {v}" for k, v in trained.mix.items()) + "}")
+    return args

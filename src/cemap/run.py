@@ -1,14 +1,16 @@
-"""``python -m cemap.run``: one causal effect map from the command line (Hydra).
+"""``python -m cemap.run``: causal effect maps from the command line (Hydra), one job or a multirun sweep.
 
 Example (the paper's denoising demo)::
 
     python -m cemap.run model=dncnn ckpt=PATH task=denoise image=PATH roi.x=96 roi.y=152 roi.size=32 \
         cem.block_size=8 cem.estimator=reference cem.n_samples=50 seed=0 device=cpu
 
-Writes ``cem.npz``, ``cem.json``, ``cem.png`` and ``summary.json`` into the Hydra run directory and prints the summary
-as its last line. Finished maps are cached under ``<output_root>/cache/<job key>`` (the key hashes every setting that
-changes the result), so a rerun is free and an interrupted run resumes where it stopped. A bad input ends the run
-with one line on stderr and exit code 2; ``--debug`` shows the traceback instead.
+Writes ``cem.npz``, ``cem.json``, ``cem.png`` and ``summary.json`` into the Hydra run directory (one ``roi<i>/``
+folder per ROI when ``rois`` lists several) and prints the summary as its last line. Finished maps are cached under
+``<output_root>/cache/<job key>`` (the key hashes every setting that changes the result), so a rerun is free and an
+interrupted run resumes where it stopped. ``trained.schedule=<conf/train preset>`` uses the model that
+``python -m cemap.train`` trained with that schedule instead of an explicit ``ckpt``. A bad input ends the run with
+one line on stderr and exit code 2; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cemap import results
 from cemap.checkpoint import CheckpointError, load_checkpoint
-from cemap.config import register_configs
+from cemap.config import CONF_DIR, compose_config, register_configs, training_overrides
 from cemap.data import center_crop, load_image, patch_bank_from_config
 from cemap.engine import CausalEffectMap, ModelOutputError, resolve_device
 from cemap.estimators import make_estimator
@@ -38,9 +41,14 @@ from cemap.grid import ROI, BlockGrid, GeometryError
 from cemap.imageio import ImageError, to_tensor, to_uint8
 from cemap.patches import PatchBankError
 from cemap.results import CEMResult, ResultLockedError, ResultWriteError
-from cemap.stats import summarize
+from cemap.stats import distance_map, summarize
 
 log = logging.getLogger("cemap.run")
+
+
+class MissingTrainedModel(FileNotFoundError):
+    """``trained.schedule`` names a model that has not been trained yet."""
+
 
 USER_ERRORS = (
     GeometryError,
@@ -56,8 +64,10 @@ USER_ERRORS = (
 )
 """Errors caused by inputs or settings: reported in one line, not as a traceback."""
 
-RESULT_NEUTRAL_KEYS = ("progress", "output_root", "cem.batch_size", "cem.checkpoint_every_s", "figure_bound")
-"""Settings that change speed or presentation but never the map, left out of the job key."""
+RESULT_NEUTRAL_KEYS = ("progress", "output_root", "cem.batch_size", "cem.checkpoint_every_s", "figure_bound", "logger",
+                       "wandb", "device", "subject", "experiment", "trained")
+"""Settings that change speed, presentation or bookkeeping but never the map, left out of the job key (the
+checkpoint actually used enters the key through its sha256)."""
 
 
 def build_model(model_cfg: DictConfig) -> tuple[torch.nn.Module, str]:
@@ -77,21 +87,52 @@ def job_key(cfg: DictConfig, image: np.ndarray, ckpt_sha: str | None, device: to
         for p in parents:
             d = d[p]
         d.pop(leaf, None)
-    node.pop("device", None)
+    node.pop("_choices", None)
     node.update(image_sha256=hashlib.sha256(image.tobytes()).hexdigest(), ckpt_sha256=ckpt_sha, device_type=device.type)
     return hashlib.sha256(json.dumps(node, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
+def choices(cfg: DictConfig) -> dict[str, str]:
+    """Which preset each config group resolved to (model, task, ...)."""
+    if "_choices" in cfg:
+        return dict(cfg._choices)
+    return {k: v for k, v in HydraConfig.get().runtime.choices.items() if v is not None}
+
+
+def trained_checkpoint(cfg: DictConfig) -> Path:
+    """``final.pth`` of the model ``cfg.trained`` refers to, found in the training cache by its config hash."""
+    from cemap.train import FINAL, run_dir
+
+    picked = choices(cfg)
+    overrides = training_overrides(picked["model"], picked["task"], cfg.trained, cfg.output_root)
+    tcfg = compose_config("training", overrides)
+    final = run_dir(tcfg) / FINAL
+    if not final.is_file():
+        raise MissingTrainedModel(
+            f"no trained model for model={picked['model']} task={picked['task']} schedule={cfg.trained.schedule}; "
+            f"train it first: python -m cemap.train {' '.join(overrides)}"
+        )
+    return final
+
+
+def roi_list(cfg: DictConfig) -> list[ROI]:
+    if cfg.rois:
+        return [ROI(*map(int, r)) for r in cfg.rois]
+    return [ROI(cfg.roi.x, cfg.roi.y, cfg.roi.size)]
+
+
 def compute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Validate everything cheap first, then compute (or reuse) the map and write the run's files."""
+    """Validate everything cheap first, then compute (or reuse) the maps and write the run's files."""
     started = time.perf_counter()
     device = resolve_device(cfg.device)
     task = hydra.utils.instantiate(cfg.task)
     image, image_name = load_image(cfg.image)
     image = center_crop(image, cfg.crop, multiple=task.block_multiple)
     height, width = image.shape[:2]
-    roi = ROI(cfg.roi.x, cfg.roi.y, cfg.roi.size)
-    BlockGrid(height, width, cfg.cem.block_size, scale=task.block_multiple).roi_mask(roi)
+    rois = roi_list(cfg)
+    grid = BlockGrid(height, width, cfg.cem.block_size, scale=task.block_multiple)
+    for roi in rois:
+        grid.roi_mask(roi)
     estimator = make_estimator(cfg.cem.estimator, cfg.cem.n_samples, cfg.cem.n_coarse, cfg.cem.tol, cfg.cem.z)
     bank = patch_bank_from_config(
         cfg.patches.source, cfg.cem.block_size, cfg.patches.path, cfg.patches.n_patches, cfg.patches.seed,
@@ -104,51 +145,100 @@ def compute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             f"model {model_name} has scale {declared.scale} but task {task.name} needs scale {task.scale}; pick a "
             f"model of the task's scale (e.g. an x{task.scale} SR model for task=sr_x{task.scale})"
         )
+    ckpt_path = cfg.ckpt or (str(trained_checkpoint(cfg)) if cfg.trained.schedule else None)
     ckpt_sha = getattr(model, "checkpoint_sha256", None)  # model=auto reads its checkpoint itself
-    if ckpt_sha is None and cfg.ckpt:
-        ckpt_sha = load_checkpoint(model, cfg.ckpt, strict=cfg.strict)
+    if ckpt_sha is None and ckpt_path:
+        ckpt_sha = load_checkpoint(model, ckpt_path, strict=cfg.strict)
 
     key = job_key(cfg, image, ckpt_sha, device)
     cache = Path(cfg.output_root) / "cache" / key
-    cached = CEMResult.exists(cache)
+    folders = [""] if len(rois) == 1 else [f"roi{i}" for i in range(len(rois))]
+    cached = all(CEMResult.exists(cache / f) for f in folders)
     if cached:
-        log.info("reusing the finished map in %s", cache)
-        result = CEMResult.load(cache)
+        log.info("reusing the finished map(s) in %s", cache)
+        maps = [CEMResult.load(cache / f) for f in folders]
     else:
         with results.exclusive(cache):
             cem = CausalEffectMap(
                 model, task, metric=cfg.cem.metric, device=device, batch_size=cfg.cem.batch_size, tf32=cfg.cem.tf32,
                 progress=cfg.progress, model_name=model_name,
             )
-            result = cem.attribute(
-                to_tensor(image), roi, cfg.cem.block_size, estimator, seed=cfg.seed, patches=bank,
+            out = cem.attribute(
+                to_tensor(image), rois, cfg.cem.block_size, estimator, seed=cfg.seed, patches=bank,
                 state_path=results.partial_path(cache), checkpoint_every_s=cfg.cem.checkpoint_every_s,
                 keep_samples=cfg.cem.keep_samples,
                 meta={
                     "image": {"name": image_name, "source": str(cfg.image), "crop": cfg.crop,
                               "sha256": hashlib.sha256(image.tobytes()).hexdigest()},
-                    "checkpoint": {"path": cfg.ckpt, "sha256": ckpt_sha} if cfg.ckpt else None,
+                    "checkpoint": {"path": ckpt_path, "sha256": ckpt_sha} if ckpt_path else None,
                     "job_key": key,
+                    "subject": OmegaConf.to_container(cfg.subject, resolve=True) if cfg.subject else None,
+                    "experiment": cfg.experiment.name if cfg.experiment else None,
                     "config": OmegaConf.to_container(cfg, resolve=True),
                 },
             )
-            result.save(cache)
+            maps = out if isinstance(out, list) else [out]
+            for folder, result in zip(folders, maps):
+                result.save(cache / folder)
             results.partial_path(cache).unlink(missing_ok=True)
 
-    result.save(run_dir)
     degraded = task.degrade(to_tensor(image), np.random.RandomState(cfg.seed)).image
     shown = np.repeat(np.repeat(to_uint8(degraded), task.scale, axis=0), task.scale, axis=1)
     bound = cfg.figure_bound if cfg.figure_bound is not None else task.display_bound
-    save_map_figure(result, run_dir / results.FIGURE, shown, bound,
-                    title=f"{model_name} / {task.name} / {image_name}  ROI ({roi.x},{roi.y},{roi.size})")
-    summary = {
-        **summarize(result),
-        "seconds": round(time.perf_counter() - started, 3),
-        "cached": cached,
-        "result_dir": str(run_dir.resolve()),
-    }
+    per_roi = []
+    for folder, result, roi in zip(folders, maps, rois):
+        result.save(run_dir / folder)
+        save_map_figure(result, run_dir / folder / results.FIGURE, shown, bound,
+                        title=f"{model_name} / {task.name} / {image_name}  ROI ({roi.x},{roi.y},{roi.size})")
+        per_roi.append(summarize(result))
+    summary = _combine(per_roi)
+    summary.update(seconds=round(time.perf_counter() - started, 3), cached=cached, result_dir=str(run_dir.resolve()),
+                   forwards=maps[0].meta["forwards"])
     results.atomic_write_json(run_dir / results.SUMMARY, summary)
+    if cfg.logger == "wandb":
+        log_to_wandb(cfg, run_dir, maps, folders, per_roi, model_name, task.name)
     return summary
+
+
+def _combine(per_roi: list[dict[str, Any]]) -> dict[str, Any]:
+    """One ROI: its summary. Several: counts summed, extremes over all maps, origin PSNR averaged, per-ROI list kept."""
+    if len(per_roi) == 1:
+        return dict(per_roi[0])
+    first = per_roi[0]
+    origin_key = "origin_psnr" if "origin_psnr" in first else "origin_metric"
+    return {
+        origin_key: float(np.mean([s[origin_key] for s in per_roi])),
+        **{k: int(sum(s[k] for s in per_roi)) for k in ("n_positive", "n_negative", "n_zero")},
+        "effect_min": min(s["effect_min"] for s in per_roi),
+        "effect_max": max(s["effect_max"] for s in per_roi),
+        "rois": per_roi,
+    }
+
+
+def log_to_wandb(cfg: DictConfig, run_dir: Path, maps: list[CEMResult], folders: list[str], per_roi: list[dict[str, Any]],
+                 model_name: str, task_name: str) -> None:
+    """One W&B run per job (offline unless WANDB_MODE=online): resolved config, metrics, figures, per-block table."""
+    import wandb
+
+    os.environ.setdefault("WANDB_MODE", "offline")
+    group = cfg.wandb.group or (cfg.experiment.name if cfg.experiment else "cem")
+    run = wandb.init(project=cfg.wandb.project, group=group, dir=str(run_dir), reinit=True,
+                     name=f"{model_name}-{task_name}-{Path(str(cfg.image)).stem}",
+                     tags=[model_name, task_name, *cfg.wandb.tags], config=OmegaConf.to_container(cfg, resolve=True))
+    rows = []
+    for i, (folder, result, summary) in enumerate(zip(folders, maps, per_roi)):
+        run.log({f"roi{i}/{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None})
+        run.log({f"roi{i}/map": wandb.Image(str(run_dir / folder / results.FIGURE))})
+        dist = distance_map(result)
+        for (r, c), effect in np.ndenumerate(result.effects):
+            rows.append([i, r, c, float(effect), float(result.se[r, c]), int(result.n[r, c]),
+                         bool(result.significant[r, c]), int(dist[r, c])])
+    run.log({"blocks": wandb.Table(columns=["roi", "row", "col", "effect", "se", "n", "significant", "distance"],
+                                   data=rows)})
+    run.finish()
+
+
+_DEBUG = False
 
 
 def _task(cfg: DictConfig) -> None:
@@ -163,9 +253,6 @@ def _task(cfg: DictConfig) -> None:
     print(json.dumps(summary, default=float), flush=True)
 
 
-_DEBUG = False
-
-
 def main() -> None:
     """Entry point: strips ``--debug`` (tracebacks instead of one-line errors) and hands the rest to Hydra."""
     global _DEBUG
@@ -173,8 +260,7 @@ def main() -> None:
         sys.argv.remove("--debug")
         _DEBUG = True
     register_configs()
-    config_dir = str(Path(__file__).resolve().parents[2] / "conf")
-    hydra.main(config_path=config_dir, config_name="run", version_base="1.3")(_task)()
+    hydra.main(config_path=str(CONF_DIR), config_name="run", version_base="1.3")(_task)()
 
 
 if __name__ == "__main__":

@@ -25,12 +25,11 @@ from typing import Any
 import hydra
 import numpy as np
 import torch
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from cemap import results
-from cemap.config import register_configs
+from cemap.config import CONF_DIR, register_configs
 from cemap.engine import resolve_device
 from cemap.run import build_model
 from cemap.training import (
@@ -46,7 +45,6 @@ from cemap.training import (
 
 log = logging.getLogger("cemap.train")
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 RESULT_NEUTRAL = ("device", "logger", "output_root", "progress", "wandb", "train.val_every", "train.checkpoint_every",
                   "max_steps_this_run")
 """Settings that never change the trained weights, left out of the cache key."""
