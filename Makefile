@@ -5,6 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+PROFILE ?= tiny
+RUNNER := $(PY) experiments/runner.py
 
 .DEFAULT_GOAL := help
 
@@ -40,6 +42,29 @@ demo: $(STAMP) ## The paper's denoising demo map on the real DnCNN (needs ../sha
 		image=../shared/reference/images/demo_2.png roi.x=96 roi.y=152 roi.size=32 \
 		cem.block_size=8 cem.estimator=reference cem.n_samples=50 seed=0 device=auto
 
+reproduce-denoise: $(STAMP) ## Insight 2 on denoisers (main job): train, sweep, analyse -> results/dn_channel_attention
+	$(RUNNER) dn_channel_attention --profile $(PROFILE)
+
+reproduce-sr: $(STAMP) ## Insight 1: receptive field sweeps in SR -> results/sr_receptive_field
+	$(RUNNER) sr_receptive_field --profile $(PROFILE)
+
+reproduce-derain: $(STAMP) ## Insight 2 carried to deraining -> results/dr_channel_attention
+	$(RUNNER) dr_channel_attention --profile $(PROFILE)
+
+reproduce-multitask: $(STAMP) ## Insight 3: single-task vs multi-task models -> results/mt_multitask_locality
+	$(RUNNER) mt_multitask_locality --profile $(PROFILE)
+
+reproduce-ablations: $(STAMP) ## Block size, patch source, samples per block, coarse-to-fine rule -> results/ab_*
+	$(RUNNER) ab_block_size --profile $(PROFILE)
+	$(RUNNER) ab_patch_source --profile $(PROFILE)
+	$(RUNNER) ab_samples --profile $(PROFILE)
+	$(RUNNER) ab_coarse_to_fine --profile $(PROFILE)
+
+reproduce-all: reproduce-denoise reproduce-sr reproduce-derain reproduce-multitask reproduce-ablations ## Every insight and ablation
+
+train-table: $(STAMP) ## Train every family's tiny preset and tabulate quality vs baselines -> results/training
+	$(PY) experiments/tiny_training.py
+
 lock: $(STAMP) ## Rewrite requirements.lock from the current .venv
 	@{ head -3 requirements.lock; $(PY) -m pip freeze --exclude-editable | grep -iv '^basicsr=='; } > requirements.lock.new && mv requirements.lock.new requirements.lock
 
@@ -47,4 +72,5 @@ clean: ## Remove caches and outputs (keeps .venv)
 	rm -rf outputs multirun .pytest_cache .hypothesis
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help venv test test-slow test-all bench demo lock clean
+.PHONY: help venv test test-slow test-all bench demo lock clean train-table reproduce-denoise reproduce-sr \
+	reproduce-derain reproduce-multitask reproduce-ablations reproduce-all

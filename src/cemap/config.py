@@ -14,7 +14,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import MISSING, DictConfig, open_dict
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 """The repository's ``conf/`` (cemap is installed in editable mode, so configs stay in the checkout)."""
@@ -48,8 +48,9 @@ class CEMConfig:
 
 @dataclass
 class PatchesConfig:
-    """``source``: ``embedded`` (crops of the embedded training split), ``npz`` (a saved bank, e.g. the authors'
-    DIV2K pool, at ``path``) or ``folder`` (random crops of the images in ``path``)."""
+    """``source``: ``embedded`` (crops of the embedded training split), ``dead_leaves`` (crops of seeded dead-leaves
+    images), ``npz`` (a saved bank, e.g. the authors' DIV2K pool, at ``path``) or ``folder`` (random crops of the
+    images in ``path``)."""
 
     source: str = "embedded"
     path: Optional[str] = None
@@ -97,6 +98,7 @@ class RunConfig:
     wandb: WandbRunConfig = field(default_factory=WandbRunConfig)
     subject: Any = None
     experiment: Any = None
+    profile: str = "tiny"
 
 
 @dataclass
@@ -147,6 +149,12 @@ class TrainConfig:
 
 
 def register_configs() -> None:
+    if not OmegaConf.has_resolver("csv"):
+        # sweeps list their values in the experiment (experiment.subjects); the basic sweeper wants "a,b,c"
+        OmegaConf.register_new_resolver("csv", lambda values: ",".join(str(v) for v in values))
+    if not OmegaConf.has_resolver("stem"):
+        # a readable folder name for an image spec: embedded:chelsea -> chelsea, /data/0801.png -> 0801
+        OmegaConf.register_new_resolver("stem", lambda spec: Path(str(spec).split(":")[-1]).stem)
     cs = ConfigStore.instance()
     cs.store(name="run_schema", node=RunConfig)
     cs.store(name="training_schema", node=TrainConfig)
@@ -178,8 +186,9 @@ def compose_config(name: str, overrides: list[str], with_choices: bool = False) 
 
 def training_overrides(model_preset: str, task_preset: str, trained: TrainedRef | DictConfig, output_root: str) -> list[str]:
     """``python -m cemap.train`` overrides that train the model a run refers to through ``trained``."""
-    args = [f"model={model_preset}", f"task={task_preset}", f"train={trained.schedule}", f"data@data={trained.data}",
-            f"output_root={output_root}"]
+    args = [f"model={model_preset}", f"train={trained.schedule}", f"data={trained.data}", f"output_root={output_root}"]
     if trained.mix:
         args.append("++mix={" + ", ".join(f"{k}: {v}" for k, v in trained.mix.items()) + "}")
+    else:
+        args.insert(1, f"task={task_preset}")
     return args

@@ -81,6 +81,9 @@ def patch_bank_from_config(source: str, block_size: int, path: str | None = None
     builders = {
         "embedded": lambda: default_patch_bank(block_size, n_patches, seed) if min_sharpness == 0 else PatchBank.from_images(
             embedded_split("train").values(), n_patches, block_size, seed, min_sharpness, source="embedded-train"),
+        "dead_leaves": lambda: PatchBank.from_images(
+            (im for _, im in DeadLeavesSet(n_images=16, size=128, seed=seed)), n_patches, block_size, seed,
+            min_sharpness, source=f"dead-leaves:p{block_size}:s{seed}"),
         "npz": lambda: PatchBank.load(_required(path, "npz")),
         "folder": lambda: PatchBank.from_folder(_required(path, "folder"), n_patches, block_size, seed, min_sharpness),
     }

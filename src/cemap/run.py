@@ -172,6 +172,8 @@ def compute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                               "sha256": hashlib.sha256(image.tobytes()).hexdigest()},
                     "checkpoint": {"path": ckpt_path, "sha256": ckpt_sha} if ckpt_path else None,
                     "job_key": key,
+                    "model_info": {"scale": declared.scale, "receptive_radius": declared.receptive_radius}
+                    if declared is not None else None,
                     "subject": OmegaConf.to_container(cfg.subject, resolve=True) if cfg.subject else None,
                     "experiment": cfg.experiment.name if cfg.experiment else None,
                     "config": OmegaConf.to_container(cfg, resolve=True),
@@ -187,6 +189,9 @@ def compute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     bound = cfg.figure_bound if cfg.figure_bound is not None else task.display_bound
     per_roi = []
     for folder, result, roi in zip(folders, maps, rois):
+        # a cached map may have been computed for another subject with identical settings: label it as this job's
+        result.meta["subject"] = OmegaConf.to_container(cfg.subject, resolve=True) if cfg.subject else None
+        result.meta["experiment"] = cfg.experiment.name if cfg.experiment else None
         result.save(run_dir / folder)
         save_map_figure(result, run_dir / folder / results.FIGURE, shown, bound,
                         title=f"{model_name} / {task.name} / {image_name}  ROI ({roi.x},{roi.y},{roi.size})")

@@ -61,6 +61,8 @@ def training_key(cfg: DictConfig) -> str:
         for p in parents:
             d = d.get(p, {})
         d.pop(leaf, None)
+    if node.get("mix"):
+        node.pop("task", None)  # a mix model is the same model whichever task a run then explains with it
     return hashlib.sha256(json.dumps(node, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
