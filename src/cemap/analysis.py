@@ -22,17 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+from scipy import stats as scipy_stats
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from scipy import stats as scipy_stats  # noqa: E402
-
-from cemap import results  # noqa: E402
-from cemap.figures import CMAP, draw_map  # noqa: E402
-from cemap.results import STATUS_NOT_COMPUTED, CEMResult  # noqa: E402
-from cemap.stats import effect_profile, effective_radius  # noqa: E402
+from cemap import results
+from cemap.figures import CMAP, draw_map
+from cemap.results import STATUS_NOT_COMPUTED, CEMResult
+from cemap.stats import effect_profile, effective_radius
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "SUPPORTED", "NOT SUPPORTED", "INCONCLUSIVE"
 

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.patches import Rectangle
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
-
-from cemap import results  # noqa: E402
-from cemap.results import CEMResult  # noqa: E402
+from cemap import results
+from cemap.results import CEMResult
 
 CMAP = "RdBu_r"
 """Red = the block helps the ROI (positive effect), blue = it hurts, white = no effect."""

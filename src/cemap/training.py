@@ -55,8 +55,6 @@ class PatchSampler:
         self.names = list(tasks)
         self.tasks = [tasks[n][0] for n in self.names]
         self.weights = np.array([tasks[n][1] / total for n in self.names])
-        self.areas = np.array([im.shape[0] * im.shape[1] for im in self.images], dtype=np.float64)
-        self.areas /= self.areas.sum()
         self.patch_size, self.batch_size, self.seed = patch_size, batch_size, seed
         for task in self.tasks:
             if patch_size % task.block_multiple:
@@ -73,7 +71,7 @@ class PatchSampler:
         p = self.patch_size
         lq, gt = [], []
         for i in range(self.batch_size):
-            im = self.images[int(rng.choice(len(self.images), p=self.areas))]
+            im = self.images[int(rng.integers(len(self.images)))]  # every image equally: large dark ones do not dominate
             y = int(rng.integers(0, im.shape[0] - p + 1))
             x = int(rng.integers(0, im.shape[1] - p + 1))
             crop = im[y : y + p, x : x + p]

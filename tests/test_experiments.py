@@ -1,0 +1,140 @@
+"""Experiments: every config composes and runs end to end in smoke mode; sweeps are idempotent; W&B offline;
+the notebook executes; the report renders."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from cemap.config import compose_config
+from tests.conftest import REPO
+
+EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
+OUTPUT_FILES = ("summary.csv", "summary.md", "verdict.json", "report.html", "map_grid.png", "effect_vs_distance.png",
+                "sign_shares.png", "radius_vs_psnr.png")
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_states_its_claim_and_composes_for_every_subject(experiment: str) -> None:
+    text = (REPO / "conf" / "experiment" / f"{experiment}.yaml").read_text()
+    assert text.startswith("# @package _global_") and "Command:" in text and "Expected run time" in text
+    cfg = compose_config("run", [f"experiment={experiment}"])
+    expected = cfg.experiment.expected
+    assert expected.claim and (expected.tests or expected.contrasts)
+    for test in expected.tests:
+        assert ("supported_below" in test) != ("supported_above" in test), test.name
+    assert len(cfg.experiment.images) >= 4 and len(cfg.rois) >= 3
+    for profile_subjects in (cfg.experiment.subjects, cfg.experiment.paper.subjects):
+        for subject in profile_subjects:
+            sub = compose_config("run", [f"experiment={experiment}", f"subject={subject}"])
+            assert sub.subject.name == subject
+            assert sub.ckpt or sub.trained.schedule, f"{subject} has neither a checkpoint nor a training schedule"
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_smoke_run_through_the_runner(experiment: str, tmp_path: Path) -> None:
+    results_dir = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "experiments/runner.py", experiment, "--smoke", "--output-root", str(tmp_path / "out"),
+         "--results-dir", str(results_dir)],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "$ python -m cemap.run -m experiment=" in proc.stdout
+    for name in OUTPUT_FILES:
+        assert (results_dir / name).is_file(), name
+    verdict = json.loads((results_dir / "verdict.json").read_text())
+    assert verdict["verdict"] in ("SUPPORTED", "NOT SUPPORTED", "INCONCLUSIVE")
+    assert f"{experiment}: {verdict['verdict']}" in proc.stdout
+
+
+def run_sweep(out: Path, *extra: str) -> list[dict]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "cemap.run", "-m", "model=dncnn_tiny", "image=embedded:coffee", "crop=32", "roi.x=8",
+         "roi.y=8", "roi.size=8", "cem.estimator=fixed", "cem.n_samples=2", "device=cpu", "progress=false",
+         f"output_root={out}", "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *extra],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
+def test_joblib_multirun_is_idempotent(tmp_path: Path) -> None:
+    first = run_sweep(tmp_path)
+    assert len(first) == 2 and not any(s["cached"] for s in first)
+    second = run_sweep(tmp_path)
+    assert len(second) == 2 and all(s["cached"] for s in second)
+    assert sorted(s["effect_max"] for s in first) == sorted(s["effect_max"] for s in second)
+
+
+def test_wandb_offline_logs_metrics_image_and_table(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "cemap.run", "model=dncnn_tiny", "image=embedded:coffee", "crop=32", "roi.x=8",
+         "roi.y=8", "roi.size=8", "cem.estimator=fixed", "cem.n_samples=2", "device=cpu", "progress=false",
+         f"output_root={tmp_path}", "logger=wandb"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "WANDB_MODE": "offline"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = Path(json.loads(proc.stdout.strip().splitlines()[-1])["result_dir"])
+    offline = list(run_dir.glob("wandb/offline-run-*"))
+    assert len(offline) == 1
+    assert list(offline[0].glob("files/media/images/**/*.png"))
+    tables = list(offline[0].glob("files/media/table/*.table.json"))
+    assert tables and "significant" in json.loads(tables[0].read_text())["columns"]
+    records = next(offline[0].glob("run-*.wandb")).read_bytes()
+    assert b"roi0/origin_psnr" in records and b"roi0/n_negative" in records
+
+
+def test_without_wandb_nothing_touches_it(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "cemap.run", "model=dncnn_tiny", "image=embedded:coffee", "crop=32", "roi.x=8",
+         "roi.y=8", "roi.size=8", "cem.estimator=fixed", "cem.n_samples=1", "device=cpu", "progress=false",
+         f"output_root={tmp_path}"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0
+    assert not list(tmp_path.rglob("wandb"))
+
+
+def test_notebook_executes() -> None:
+    import nbclient
+    import nbformat
+
+    nb = nbformat.read(REPO / "notebooks" / "explore_cem.ipynb", as_version=4)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit the notebook without outputs"
+    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
+    assert any(o.get("output_type") == "display_data" for c in nb.cells for o in c.get("outputs", []))
+
+
+@pytest.mark.slow
+def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    out = tmp_path / "results"
+    subprocess.run([sys.executable, "experiments/runner.py", "ab_coarse_to_fine", "--smoke", "--output-root",
+                    str(tmp_path / "o"), "--results-dir", str(out)], cwd=REPO, check=True, capture_output=True)
+    shot = tmp_path / "report.png"
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,2400",
+                    (out / "report.html").as_uri()], check=True, capture_output=True, timeout=120)
+    from PIL import Image
+
+    img = Image.open(shot).convert("L")
+    colours = len(set(img.resize((200, 400)).getdata()))
+    assert colours > 50, "the screenshot looks blank: figures did not render"
+
+
+def test_experiment_configs_are_flat_and_prefixed() -> None:
+    assert all(name.split("_")[0] in {"dn", "sr", "mt", "dr", "ab"} for name in EXPERIMENTS)
+    assert not [p for p in (REPO / "conf" / "experiment").iterdir() if p.is_dir()]
+    for name in EXPERIMENTS:
+        raw = OmegaConf.load(REPO / "conf" / "experiment" / f"{name}.yaml")
+        assert set(raw) <= {"defaults", "experiment", "cem", "rois", "crop", "image"}, set(raw)
