@@ -44,6 +44,7 @@ class CEMConfig:
     tf32: bool = False
     keep_samples: bool = False
     checkpoint_every_s: float = 30.0
+    shard: Optional[str] = None  # "i/n": compute every n-th block from i; merge with python -m cemap.merge
 
 
 @dataclass

@@ -166,10 +166,28 @@ class CausalEffectMap:
         scores = torch.stack([self.metric(out, clean, roi) for roi in rois], dim=1)
         return scores.detach().cpu().numpy().astype(np.float64)
 
+    def _score_backing_off(self, batch: torch.Tensor, clean: torch.Tensor, rois: Sequence[ROI]) -> np.ndarray:
+        """Score ``batch``; on out-of-memory, halve it (and the batch size for the rest of the run) and retry.
+
+        Each sample is scored on its own, so splitting a batch never changes a score.
+        """
+        try:
+            return self._score(batch, clean, rois)
+        except torch.OutOfMemoryError:
+            if batch.shape[0] == 1:
+                raise
+            if batch.device.type == "cuda":
+                torch.cuda.empty_cache()
+            half = batch.shape[0] // 2
+            self.batch_size = max(1, min(self.batch_size, half))
+            log.warning("out of memory at batch %d: continuing with batch size %d", batch.shape[0], self.batch_size)
+            return np.concatenate([self._score_backing_off(batch[:half], clean, rois),
+                                   self._score_backing_off(batch[half:], clean, rois)])
+
     def _flush(self, pending: _Pending, clean: torch.Tensor, rois: Sequence[ROI]) -> None:
         if not pending.size:
             return
-        scores = self._score(torch.cat(pending.inputs), clean, rois)
+        scores = self._score_backing_off(torch.cat(pending.inputs), clean, rois)
         i = 0
         for store, block, draws in pending.targets:
             store[:, block, draws] = scores[i : i + len(draws)].T
@@ -286,14 +304,15 @@ class CausalEffectMap:
                     interventions = self.task.intervene(degraded, clean_d, block, patch_t, rng)
                     start = 0
                     while start < len(draws):
-                        take = draws[start : start + self.batch_size - pending.size]
+                        take = draws[start : start + max(1, self.batch_size - pending.size)]
                         pending.inputs.append(interventions[torch.as_tensor(take, device=self.device)])
                         pending.targets.append((store, k, take))
                         pending.size += len(take)
                         start += len(take)
-                        if pending.size == self.batch_size:
+                        if pending.size >= self.batch_size:
+                            flushed = pending.size
                             self._flush(pending, clean_d, rois)
-                            bar.update(self.batch_size)
+                            bar.update(flushed)
                             checkpoint()
                 flushed = pending.size
                 self._flush(pending, clean_d, rois)

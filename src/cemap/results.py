@@ -210,3 +210,52 @@ def exclusive(directory: str | Path) -> Iterator[None]:
         yield
     finally:
         fh.close()
+
+
+SHARD_NEUTRAL_META = ("blocks", "forwards", "seconds", "job_key", "config", "git_commit", "shard", "state_key")
+"""Metadata that legitimately differs between the shards of one map."""
+
+
+def parse_shard(spec: str, n_blocks: int) -> list[int]:
+    """Flat block indices of shard ``"i/n"``: every n-th block starting at i, so shards cost about the same."""
+    try:
+        i, n = (int(v) for v in str(spec).split("/"))
+    except ValueError:
+        raise ValueError(f"cem.shard={spec!r} must look like i/n, e.g. 0/3") from None
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"cem.shard={spec!r}: need 0 <= i < n")
+    return list(range(i, n_blocks, n))
+
+
+def merge_shards(shards: list[CEMResult]) -> CEMResult:
+    """Merge shards of one map (same image, model, settings, seed) into the map of the unsharded run.
+
+    Every block's draws depend only on (seed, stage, block), so the merged map is exactly the unsharded one.
+    """
+    if not shards:
+        raise ValueError("no shards to merge")
+    first = shards[0]
+    reference = {k: v for k, v in first.meta.items() if k not in SHARD_NEUTRAL_META}
+    for other in shards[1:]:
+        mine = {k: v for k, v in other.meta.items() if k not in SHARD_NEUTRAL_META}
+        differing = sorted(k for k in set(reference) | set(mine) if reference.get(k) != mine.get(k))
+        if differing or other.origin != first.origin or other.shape != first.shape:
+            raise ValueError(f"shards do not belong to one map: they differ in {differing or ['origin/grid']}")
+    merged = CEMResult(
+        effects=first.effects.copy(), se=first.se.copy(), n=first.n.copy(), forwards=first.forwards.copy(),
+        significant=first.significant.copy(), status=first.status.copy(), roi_mask=first.roi_mask.copy(),
+        origin=first.origin, meta=dict(first.meta),
+    )
+    covered = first.status != STATUS_NOT_COMPUTED
+    for other in shards[1:]:
+        mask = other.status != STATUS_NOT_COMPUTED
+        if (mask & covered).any():
+            raise ValueError("two shards computed the same block")
+        for name in ("effects", "se", "n", "significant", "status"):
+            getattr(merged, name)[mask] = getattr(other, name)[mask]
+        covered |= mask
+    merged.forwards = sum(s.forwards for s in shards)  # each shard counts the forwards of its own blocks
+    merged.meta.update(blocks=None if covered.all() else np.flatnonzero(covered).tolist(), shard=None,
+                       forwards=int(sum(s.meta.get("forwards", 0) for s in shards)),
+                       seconds=float(sum(s.meta.get("seconds", 0.0) for s in shards)))
+    return merged

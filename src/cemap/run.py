@@ -134,10 +134,12 @@ def compute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     for roi in rois:
         grid.roi_mask(roi)
     estimator = make_estimator(cfg.cem.estimator, cfg.cem.n_samples, cfg.cem.n_coarse, cfg.cem.tol, cfg.cem.z)
+    shard_blocks = results.parse_shard(cfg.cem.shard, len(grid)) if cfg.cem.shard else None
     bank = patch_bank_from_config(
         cfg.patches.source, cfg.cem.block_size, cfg.patches.path, cfg.patches.n_patches, cfg.patches.seed,
         cfg.patches.min_sharpness,
     )
+    torch.manual_seed(cfg.seed)  # an untrained model (smoke runs, tests) is then the same in every job
     model, model_name = build_model(cfg.model)
     declared = getattr(model, "info", None)
     if declared is not None and declared.scale != task.scale:
@@ -166,12 +168,13 @@ def compute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             out = cem.attribute(
                 to_tensor(image), rois, cfg.cem.block_size, estimator, seed=cfg.seed, patches=bank,
                 state_path=results.partial_path(cache), checkpoint_every_s=cfg.cem.checkpoint_every_s,
-                keep_samples=cfg.cem.keep_samples,
+                keep_samples=cfg.cem.keep_samples, blocks=shard_blocks,
                 meta={
                     "image": {"name": image_name, "source": str(cfg.image), "crop": cfg.crop,
                               "sha256": hashlib.sha256(image.tobytes()).hexdigest()},
                     "checkpoint": {"path": ckpt_path, "sha256": ckpt_sha} if ckpt_path else None,
                     "job_key": key,
+                    "shard": cfg.cem.shard,
                     "model_info": {"scale": declared.scale, "receptive_radius": declared.receptive_radius}
                     if declared is not None else None,
                     "subject": OmegaConf.to_container(cfg.subject, resolve=True) if cfg.subject else None,
