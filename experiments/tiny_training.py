@@ -66,6 +66,13 @@ def main() -> None:
             print(f"  {model:20s} {task:8s} {ev['psnr']:.2f} dB vs {ev['baseline']} {ev['baseline_psnr']:.2f} dB "
                   f"(+{gain:.2f}, floor {floor}) in {summary['minutes']} min", flush=True)
     OUT.mkdir(parents=True, exist_ok=True)
+    if only and (OUT / "tiny_table.csv").is_file():  # keep the other models' rows from the previous run
+        with open(OUT / "tiny_table.csv") as fh:
+            kept = [r for r in csv.DictReader(fh) if r["model"] not in only]
+        for r in kept:
+            r.update(gain_db=float(r["gain_db"]), floor_met=r["floor_met"] == "True")
+        order = {(m, t): i for i, (m, t, _) in enumerate(RUNS)}
+        rows = sorted(kept + rows, key=lambda r: order.get((r["model"], r["task"]), 99))
     with open(OUT / "tiny_table.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()

@@ -259,3 +259,16 @@ def merge_shards(shards: list[CEMResult]) -> CEMResult:
                        forwards=int(sum(s.meta.get("forwards", 0) for s in shards)),
                        seconds=float(sum(s.meta.get("seconds", 0.0) for s in shards)))
     return merged
+
+
+class OutsideOutputRootError(ValueError):
+    """A write location derived from the config would leave the configured output root."""
+
+
+def ensure_inside(root: str | Path, path: str | Path) -> Path:
+    """``path`` resolved, if it lies inside ``root``; names taken from configs (experiment, subject, image) can
+    then never make a job write elsewhere (``../`` or absolute paths)."""
+    r, p = Path(root).resolve(), Path(path).resolve()
+    if p != r and r not in p.parents:
+        raise OutsideOutputRootError(f"refusing to write {str(p)!r}: it is outside output_root {str(r)!r}")
+    return p

@@ -124,6 +124,7 @@ def roi_list(cfg: DictConfig) -> list[ROI]:
 def compute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Validate everything cheap first, then compute (or reuse) the maps and write the run's files."""
     started = time.perf_counter()
+    results.ensure_inside(cfg.output_root, run_dir)
     device = resolve_device(cfg.device)
     task = hydra.utils.instantiate(cfg.task)
     image, image_name = load_image(cfg.image)
@@ -153,7 +154,7 @@ def compute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         ckpt_sha = load_checkpoint(model, ckpt_path, strict=cfg.strict)
 
     key = job_key(cfg, image, ckpt_sha, device)
-    cache = Path(cfg.output_root) / "cache" / key
+    cache = results.ensure_inside(cfg.output_root, Path(cfg.output_root) / "cache" / key)
     folders = [""] if len(rois) == 1 else [f"roi{i}" for i in range(len(rois))]
     cached = all(CEMResult.exists(cache / f) for f in folders)
     if cached:

@@ -1,0 +1,252 @@
+"""Reliability: every bad input fails fast with a clear message and writes nothing; properties of the grid;
+SIGKILL during a map or a training run, then resume; disk full; paths never leave the output root."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from cemap import results
+from cemap.config import compose_config
+from cemap.grid import ROI, BlockGrid, GeometryError
+from cemap.imageio import read_image
+from cemap.run import compute
+from tests.conftest import REPO
+
+
+def _png(path: Path, array: np.ndarray, mode: str | None = None) -> str:
+    Image.fromarray(array, mode=mode).save(path) if mode else Image.fromarray(array).save(path)
+    return str(path)
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, str]:
+    rng = np.random.default_rng(0)
+    good = _png(tmp_path / "good.png", rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    data = Path(good).read_bytes()
+    (tmp_path / "truncated.png").write_bytes(data[: len(data) // 3])
+    (tmp_path / "notes.png").write_text("this is not an image")
+    rgba = rng.integers(0, 256, (32, 32, 4), dtype=np.uint8)
+    rgba[..., 3] = 128
+    _png(tmp_path / "transparent.png", rgba)
+    (tmp_path / "empty_bank").mkdir()
+    np.savez(tmp_path / "badbank.npz", patches=np.zeros((4, 8, 6, 3), np.uint8))
+    torch.manual_seed(0)
+    from cemap.models import DnCNN
+
+    torch.save(DnCNN(features=16, depth=3).state_dict(), tmp_path / "wrong_arch.pth")
+    return {"good": good, "dir": str(tmp_path)}
+
+
+BASE = ["model=dncnn_tiny", "roi.x=8", "roi.y=8", "roi.size=8", "cem.estimator=fixed", "cem.n_samples=1",
+        "device=cpu", "progress=false"]
+
+BAD_INPUTS = [
+    # (overrides with {dir} / {good}, error type name, message fragment)
+    (["image={dir}/missing.png"], "ImageError", "does not exist"),
+    (["image={dir}/truncated.png"], "ImageError", "cannot be read"),
+    (["image={dir}/notes.png"], "ImageError", "cannot be read"),
+    (["image={dir}/transparent.png"], "ImageError", "transparent"),
+    (["image={dir}"], "ImageError", "is not a file"),
+    (["image={good}", "cem.block_size=64"], "GeometryError", "larger than the 32x32 image"),
+    (["image={good}", "cem.block_size=0"], "GeometryError", "block_size=0"),
+    (["image={good}", "roi.x=30"], "GeometryError", "outside the 32x32"),
+    (["image={good}", "roi.size=0"], "GeometryError", "roi.size=0"),
+    (["image={good}", "roi.size=40", "roi.x=0", "roi.y=0"], "GeometryError", "outside the 32x32"),
+    (["image={good}", "task=sr_x4", "model=srresnet_tiny", "cem.block_size=6"], "GeometryError", "multiple of the task scale 4"),
+    (["image={good}", "task=sr_x4"], "ValueError", "has scale 1 but task sr needs scale 4"),
+    (["image={good}", "patches.source=folder", "patches.path={dir}/empty_bank"], "PatchBankError", "no images"),
+    (["image={good}", "patches.source=npz", "patches.path={dir}/badbank.npz"], "PatchBankError", "(N, P, P, 3)"),
+    (["image={good}", "patches.source=npz", "patches.path={dir}/nobank.npz"], "PatchBankError", "does not exist"),
+    (["image={good}", "ckpt={dir}/wrong_arch.pth"], "CheckpointError", "does not fit DnCNN"),
+    (["image={good}", "ckpt={dir}/missing.pth"], "CheckpointError", "does not exist"),
+    (["image={good}", "cem.estimator=magic"], "ValueError", "unknown estimator 'magic'"),
+    (["image={good}", "cem.metric=lpips"], "ValueError", "unknown metric 'lpips'"),
+    (["image={good}", "cem.shard=3/3"], "ValueError", "cem.shard='3/3'"),
+    (["image={good}", "trained.schedule=tiny_dncnn"], "MissingTrainedModel", "train it first: python -m cemap.train"),
+]
+
+
+@pytest.mark.parametrize("overrides,error,message", BAD_INPUTS, ids=[m for _, _, m in BAD_INPUTS])
+def test_bad_input_fails_fast_with_a_clear_message(files, tmp_path, overrides, error, message) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "out"
+    cfg = compose_config("run", [*BASE, *(o.format(**files) for o in overrides), f"output_root={out}"],
+                         with_choices=True)
+    with pytest.raises(Exception) as info:
+        compute(cfg, out / "run")
+    assert type(info.value).__name__ == error or error in [c.__name__ for c in type(info.value).__mro__], info.value
+    assert message in str(info.value)
+    assert not list(out.rglob("cem.npz")) and not list(out.rglob("summary.json"))
+
+
+def test_model_output_errors_name_model_and_task(tmp_path: Path) -> None:
+    from cemap import CausalEffectMap
+    from cemap.engine import ModelOutputError
+    from cemap.tasks import Derain
+
+    image = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    for model, what in ((lambda x: x[..., 1:, :], "returned"), (lambda x: x + float("inf"), "NaN or inf")):
+        with pytest.raises(ModelOutputError, match=f"model broken.*{what}.*derain|model broken {what}.* derain"):
+            CausalEffectMap(model, Derain(), device="cpu", model_name="broken").attribute(image, ROI(0, 0, 8), 8, "fixed")
+
+
+@pytest.mark.parametrize("name,array,mode", [
+    ("gray", np.full((9, 10), 7, np.uint8), None),
+    ("gray16", (np.arange(90, dtype=np.uint16).reshape(9, 10) * 700), "I;16"),
+    ("palette", None, "P"),
+])
+def test_gray_16bit_and_palette_images_are_converted(tmp_path: Path, name: str, array, mode) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / f"{name}.png"
+    if mode == "P":
+        Image.new("P", (10, 9), color=3).save(path)
+    elif mode == "I;16":
+        Image.fromarray(array).save(path)
+    else:
+        Image.fromarray(array).save(path)
+    img = read_image(path)
+    assert img.shape == (9, 10, 3) and img.dtype == np.uint8
+
+
+@settings(max_examples=60, deadline=None)
+@given(h=st.integers(1, 80), w=st.integers(1, 80), b=st.integers(-2, 40), scale=st.sampled_from([1, 2, 3, 4]),
+       x=st.integers(-4, 90), y=st.integers(-4, 90), size=st.integers(-1, 40))
+def test_grid_properties(h: int, w: int, b: int, scale: int, x: int, y: int, size: int) -> None:
+    try:
+        grid = BlockGrid(h, w, b, scale=scale)
+    except GeometryError as exc:
+        assert str(exc)
+        return
+    cover = np.zeros((h, w), dtype=int)
+    for block in grid.blocks:
+        cover[block.y0 : block.y1, block.x0 : block.x1] += 1
+    assert (cover == 1).all()
+    roi = ROI(x, y, size)
+    try:
+        mask = grid.roi_mask(roi)
+    except GeometryError as exc:
+        assert "roi" in str(exc)
+        return
+    touched = np.zeros(grid.shape, dtype=bool)
+    for block in grid.blocks:
+        if block.y0 < y + size and y < block.y1 and block.x0 < x + size and x < block.x1:
+            touched[block.row, block.col] = True
+    assert np.array_equal(mask, touched)
+
+
+def _kill_when(path_glob: str, root: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if list(root.glob(path_glob)):
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return
+        if proc.poll() is not None:
+            pytest.fail("the run finished before it could be killed")
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail("no checkpoint appeared to kill at")
+
+
+CEM_ARGS = ["model=dncnn_tiny", "image=embedded:rocket", "crop=48", "roi.x=16", "roi.y=16", "roi.size=16",
+            "cem.estimator=fixed", "cem.n_samples=12", "cem.batch_size=4", "cem.checkpoint_every_s=0", "device=cpu",
+            "progress=false"]
+
+
+def test_sigkill_during_a_map_then_resume(tmp_path: Path) -> None:
+    killed = subprocess.Popen([sys.executable, "-m", "cemap.run", *CEM_ARGS, f"output_root={tmp_path / 'a'}"],
+                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _kill_when("cache/*/cem.partial.npz", tmp_path / "a", killed)
+    resumed = subprocess.run([sys.executable, "-m", "cemap.run", *CEM_ARGS, f"output_root={tmp_path / 'a'}"],
+                             cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    whole = subprocess.run([sys.executable, "-m", "cemap.run", *CEM_ARGS, f"output_root={tmp_path / 'b'}"],
+                           cwd=REPO, capture_output=True, text=True, timeout=300)
+    a = results.CEMResult.load(json.loads(resumed.stdout.strip().splitlines()[-1])["result_dir"])
+    b = results.CEMResult.load(json.loads(whole.stdout.strip().splitlines()[-1])["result_dir"])
+    assert np.array_equal(a.effects, b.effects) and np.array_equal(a.se, b.se, equal_nan=True)
+    assert a.meta["forwards"] < b.meta["forwards"]  # the resumed run did not start over
+    assert not list((tmp_path / "a").rglob("*.tmp"))
+
+
+TRAIN_ARGS = ["model=dncnn_tiny", "task=denoise", "train.steps=40", "train.batch_size=4", "train.patch_size=32",
+              "train.checkpoint_every=2", "train.val_every=0", "data=dead_leaves", "data.n_images=2", "data.size=64",
+              "val_data.crop=32", "device=cpu", "progress=false"]
+
+
+def test_sigkill_during_training_then_resume(tmp_path: Path) -> None:
+    killed = subprocess.Popen([sys.executable, "-m", "cemap.train", *TRAIN_ARGS, f"output_root={tmp_path / 'a'}"],
+                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _kill_when("models/*/last.pth", tmp_path / "a", killed)
+    for root in ("a", "b"):
+        proc = subprocess.run([sys.executable, "-m", "cemap.train", *TRAIN_ARGS, f"output_root={tmp_path / root}"],
+                              cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    a = next((tmp_path / "a").glob("models/*/final.pth"))
+    b = next((tmp_path / "b").glob("models/*/final.pth"))
+    sa, sb = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
+    assert all(torch.equal(sa["params"][k], sb["params"][k]) for k in sa["params"])
+    assert json.loads((a.parent / "eval.json").read_text())["resumed_from"] > 0
+
+
+def test_disk_full_keeps_the_earlier_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "summary.json"
+    results.atomic_write_json(target, {"old": True})
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(results.ResultWriteError, match="No space left"):
+        results.atomic_write_json(target, {"new": True})
+    assert json.loads(target.read_text()) == {"old": True}
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_unwritable_output_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(results.ResultWriteError, match="cannot"):
+        results.atomic_write_json(blocker / "sub" / "summary.json", {})
+
+
+def test_two_jobs_on_one_result_folder_are_serialised(tmp_path: Path) -> None:
+    with results.exclusive(tmp_path / "job"):
+        with pytest.raises(results.ResultLockedError, match="another job"):
+            with results.exclusive(tmp_path / "job"):
+                pass
+
+
+def test_names_from_configs_cannot_escape_the_output_root(tmp_path: Path) -> None:
+    with pytest.raises(results.OutsideOutputRootError, match="outside output_root"):
+        results.ensure_inside(tmp_path / "out", tmp_path / "out" / "experiments" / ".." / ".." / "elsewhere")
+    cfg = compose_config("run", [*BASE, "image=embedded:coffee", "crop=16", f"output_root={tmp_path / 'out'}"],
+                         with_choices=True)
+    with pytest.raises(results.OutsideOutputRootError):
+        compute(cfg, tmp_path / "elsewhere")
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_map_needs_no_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    def refuse(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise OSError("network access attempted")
+
+    monkeypatch.setattr(socket, "socket", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    cfg = compose_config("run", [*BASE, "image=embedded:coffee", "crop=16", f"output_root={tmp_path}"], with_choices=True)
+    summary = compute(cfg, tmp_path / "run")
+    assert summary["n_blocks"] == 4
