@@ -146,6 +146,30 @@ def test_grid_properties(h: int, w: int, b: int, scale: int, x: int, y: int, siz
     assert np.array_equal(mask, touched)
 
 
+@settings(max_examples=40, deadline=None)
+@given(h=st.integers(1, 40), w=st.integers(1, 40), b=st.integers(-1, 24), scale=st.sampled_from([1, 2, 4]),
+       x=st.integers(-2, 44), y=st.integers(-2, 44), size=st.integers(0, 24))
+def test_engine_returns_a_map_or_a_clear_error(h: int, w: int, b: int, scale: int, x: int, y: int, size: int) -> None:
+    """Whatever the geometry, the engine either returns a map on the right grid or raises a named error."""
+    from cemap import CausalEffectMap, Fixed, PatchBank
+    from cemap.tasks import Denoise, SuperResolution
+
+    image = np.random.default_rng(h * 100 + w).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    task = Denoise() if scale == 1 else SuperResolution(scale)
+
+    def model(t: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.interpolate(t, scale_factor=scale, mode="nearest") if scale > 1 else t * 0.9
+
+    bank = PatchBank(np.random.default_rng(0).integers(0, 256, (8, 24, 24, 3), dtype=np.uint8))
+    try:
+        result = CausalEffectMap(model, task, device="cpu").attribute(image, ROI(x, y, size), b, Fixed(n_samples=1),
+                                                                      patches=bank)
+    except (GeometryError, ValueError) as exc:
+        assert str(exc)
+        return
+    assert result.shape == (-(-h // b), -(-w // b)) and np.isfinite(result.effects).all()
+
+
 def _kill_when(path_glob: str, root: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
     start = time.monotonic()
     while time.monotonic() - start < timeout:

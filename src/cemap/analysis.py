@@ -237,10 +237,14 @@ def _png(fig: plt.Figure) -> bytes:
 
 
 def map_grid(records: Sequence[MapRecord], subjects: Sequence[str]) -> bytes:
-    """Rows = subjects, columns = images (ROI 0 of each), one colour scale shared by every panel."""
+    """Rows = subjects, columns = images (ROI 0 of each), one colour scale shared by every panel.
+
+    The scale is set by the largest effect *outside* the ROIs (the ROI's own blocks, which dwarf the rest, saturate),
+    so that far, small effects stay visible.
+    """
     images = sorted({r.image for r in records})
     pick = {(r.subject, r.image): r for r in records if r.roi == 0}
-    vals = [np.nanmax(np.abs(r.result.effects)) for r in pick.values()] or [1e-3]
+    vals = [np.nanmax(np.abs(np.where(r.result.roi_mask, 0.0, r.result.effects))) for r in pick.values()] or [1e-3]
     bound = float(max(vals)) or 1e-3
     fig, axes = plt.subplots(len(subjects), len(images), figsize=(2.1 * len(images) + 1, 2.0 * len(subjects)),
                              squeeze=False)
@@ -258,7 +262,7 @@ def map_grid(records: Sequence[MapRecord], subjects: Sequence[str]) -> bytes:
             if j == 0:
                 ax.set_ylabel(s, fontsize=8)
     if mappable is not None:
-        fig.colorbar(mappable, ax=axes, fraction=0.02, pad=0.02, label="causal effect (dB)")
+        fig.colorbar(mappable, ax=axes, fraction=0.02, pad=0.02, label="causal effect (dB; ROI blocks saturate)")
     return _png(fig)
 
 

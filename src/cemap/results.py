@@ -207,6 +207,8 @@ def exclusive(directory: str | Path) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise ResultLockedError(f"another job is writing {str(d)!r}; wait for it or use another output_root") from None
+        for stale in d.glob(".*.tmp"):  # left by a writer killed mid-write; we hold the lock, so nobody owns them
+            stale.unlink(missing_ok=True)
         yield
     finally:
         fh.close()
