@@ -73,6 +73,7 @@ class Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 def test_pickled_callable_is_refused_and_never_runs(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     bad = tmp_path / "evil.pth"
