@@ -375,7 +375,7 @@ def write_report(out_dir: Path, experiment: dict[str, Any], records: Sequence[Ma
     n_rois = len({r.roi for r in records})
     md = [f"# {experiment['name']} (insight {experiment.get('insight', '?')})", "",
           f"**Claim.** {expected['claim']}", "",
-          f"**Verdict: {final}** ({len(records)} maps: {len(subjects)} models x {n_images} images x {n_rois} ROIs; "
+          f"**Verdict: {final}** ({len(records)} maps: {len(subjects)} subjects x {n_images} images x {n_rois} ROIs; "
           "95% t-intervals over maps).", "",
           "| test | statistic | of | mean | 95% CI | n | threshold | verdict |", "|---|---|---|---|---|---|---|---|"]
     md += [f"| {o.name} | {o.statistic} | {o.what} | {_fmt(o.mean)} | [{_fmt(o.low)}, {_fmt(o.high)}] | {o.n} | "
