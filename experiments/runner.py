@@ -13,7 +13,6 @@ verdict.json, figures, report.html) and prints the verdict table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import subprocess

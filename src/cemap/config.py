@@ -162,6 +162,17 @@ def register_configs() -> None:
     cs.store(group="train", name="schedule_schema", node=ScheduleConfig)
 
 
+def drop_keys(node: dict, dotted_keys: tuple[str, ...]) -> dict:
+    """Remove ``a.b.c``-style keys from a plain config dict in place (missing ones are ignored); returns it."""
+    for dotted in dotted_keys:
+        *parents, leaf = dotted.split(".")
+        d = node
+        for p in parents:
+            d = d.get(p, {})
+        d.pop(leaf, None)
+    return node
+
+
 def compose_config(name: str, overrides: list[str], with_choices: bool = False) -> DictConfig:
     """Compose ``conf/<name>.yaml`` with ``overrides``, inside a running Hydra app or outside one.
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -186,7 +186,3 @@ class PatchBank:
     def save(self, path: str | Path) -> Path:
         return results.atomic_save_npz(Path(path), patches=self.patches, source=np.array(self.source))
 
-
-def stack_blocks(bank: PatchBank, indices: Sequence[int] | np.ndarray, height: int, width: int, device: torch.device | str) -> torch.Tensor:
-    """The patches at ``indices`` as (n, 3, height, width) float32 on ``device``."""
-    return bank.tensor(device, height, width)[torch.as_tensor(np.asarray(indices), device=device)]

@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cemap import results
 from cemap.checkpoint import CheckpointError, load_checkpoint
-from cemap.config import CONF_DIR, compose_config, register_configs, training_overrides
+from cemap.config import CONF_DIR, compose_config, drop_keys, register_configs, training_overrides
 from cemap.data import center_crop, load_image, patch_bank_from_config
 from cemap.engine import CausalEffectMap, ModelOutputError, resolve_device
 from cemap.estimators import make_estimator
@@ -81,13 +81,7 @@ def job_key(cfg: DictConfig, image: np.ndarray, ckpt_sha: str | None, device: to
     """Hash of every setting that changes the map, plus the image pixels and checkpoint bytes."""
     node = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(node, dict)
-    for dotted in RESULT_NEUTRAL_KEYS:
-        *parents, leaf = dotted.split(".")
-        d = node
-        for p in parents:
-            d = d[p]
-        d.pop(leaf, None)
-    node.pop("_choices", None)
+    drop_keys(node, (*RESULT_NEUTRAL_KEYS, "_choices"))
     node.update(image_sha256=hashlib.sha256(image.tobytes()).hexdigest(), ckpt_sha256=ckpt_sha, device_type=device.type)
     return hashlib.sha256(json.dumps(node, sort_keys=True, default=str).encode()).hexdigest()[:20]
 

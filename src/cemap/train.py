@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from cemap import results
-from cemap.config import CONF_DIR, register_configs
+from cemap.config import CONF_DIR, drop_keys, register_configs
 from cemap.engine import resolve_device
 from cemap.run import build_model
 from cemap.training import (
@@ -55,12 +55,7 @@ FINAL, LAST, METRICS, EVAL = "final.pth", "last.pth", "metrics.csv", "eval.json"
 def training_key(cfg: DictConfig) -> str:
     node = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(node, dict)
-    for dotted in RESULT_NEUTRAL:
-        *parents, leaf = dotted.split(".")
-        d = node
-        for p in parents:
-            d = d.get(p, {})
-        d.pop(leaf, None)
+    drop_keys(node, RESULT_NEUTRAL)
     if node.get("mix"):
         node.pop("task", None)  # a mix model is the same model whichever task a run then explains with it
     return hashlib.sha256(json.dumps(node, sort_keys=True, default=str).encode()).hexdigest()[:16]

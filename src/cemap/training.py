@@ -8,9 +8,7 @@ uninterrupted run would have seen and, on the CPU, ends with the same weights.
 from __future__ import annotations
 
 import copy
-import csv
 import math
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from cemap import results
-from cemap.checkpoint import read_checkpoint
 from cemap.imageio import to_tensor
 from cemap.metrics import psnr, ssim
 from cemap.resize import make_resizer
 from cemap.tasks.base import Task
-from cemap.tasks.deblur import Deblur, blur, gaussian_kernel
+from cemap.tasks.deblur import blur, gaussian_kernel
 from cemap.tasks.denoise import Denoise
 from cemap.tasks.sr import SuperResolution, UpsampledSR
 
@@ -216,8 +213,3 @@ def save_training_checkpoint(path: Path, model: nn.Module, ema: EMA | None, step
 def load_training_state(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
-
-def load_weights(model: nn.Module, path: Path) -> nn.Module:
-    """Load the EMA weights of a training checkpoint (the plain ones when there are none)."""
-    model.load_state_dict(read_checkpoint(path), strict=True)
-    return model
