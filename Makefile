@@ -40,7 +40,8 @@ bench: $(STAMP) ## CEM loop throughput against pure forward throughput (prints r
 demo: $(STAMP) ## The paper's denoising demo map on the real DnCNN (needs ../shared/reference)
 	$(PY) -m cemap.run model=dncnn ckpt=../shared/reference/dncnn_color_blind.pth task=denoise \
 		image=../shared/reference/images/demo_2.png roi.x=96 roi.y=152 roi.size=32 \
-		cem.block_size=8 cem.estimator=reference cem.n_samples=50 seed=0 device=auto
+		cem.block_size=8 cem.estimator=reference cem.n_samples=50 seed=0 device=auto \
+		patches.source=npz patches.path=../shared/reference/div2k_patches_8px.npz
 
 reproduce-denoise: $(STAMP) ## Insight 2 on denoisers (main job): train, sweep, analyse -> results/dn_channel_attention
 	$(RUNNER) dn_channel_attention --profile $(PROFILE)

@@ -40,8 +40,10 @@ def small_bank() -> np.ndarray:
     return rng.integers(0, 256, size=(64, 8, 8, 3), dtype=np.uint8)
 
 
-def conv_stack(layers: int, channels: int = 8, global_branch: bool = False, seed: int = 0) -> torch.nn.Module:
-    """``layers`` 3x3 convs (receptive radius = layers px), optionally plus a global-average-pooling branch."""
+def conv_stack(layers: int, channels: int = 8, global_branch: bool = False, seed: int = 0,
+               claims_radius: int | None = None) -> torch.nn.Module:
+    """``layers`` 3x3 convs (receptive radius = layers px), optionally plus a global-average-pooling branch;
+    ``claims_radius`` attaches zoo-style metadata declaring that receptive radius (true or not)."""
     torch.manual_seed(seed)
 
     class Stack(torch.nn.Module):
@@ -64,4 +66,9 @@ def conv_stack(layers: int, channels: int = 8, global_branch: bool = False, seed
                 y = y + self.gap(x.mean(dim=(2, 3), keepdim=True))
             return y
 
-    return Stack().eval()
+    model = Stack().eval()
+    if claims_radius is not None:
+        from cemap.models.base import ModelInfo
+
+        model.info = ModelInfo(receptive_radius=claims_radius)
+    return model

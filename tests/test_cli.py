@@ -115,7 +115,8 @@ def test_every_task_runs_on_an_embedded_image(task: str, model: str, tmp_path: P
                    "progress=false", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert summary["n_blocks"] == 36 and summary["forwards"] == 73
+    structural = json.loads((Path(summary["result_dir"]) / "cem.json").read_text())["locality"].get("n_structural_zero", 0)
+    assert summary["n_blocks"] == 36 and summary["forwards"] == 2 * (36 - structural) + 1
 
 
 def test_scale_mismatch_is_caught_before_any_forward(tmp_path: Path) -> None:
@@ -133,3 +134,18 @@ def test_model_auto_from_the_cli(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     meta = json.loads((Path(json.loads(proc.stdout.strip().splitlines()[-1])["result_dir"]) / "cem.json").read_text())
     assert meta["model"] == "auto" and len(meta["checkpoint"]["sha256"]) == 64
+
+
+def test_gradient_views_from_the_cli(tmp_path: Path) -> None:
+    proc = run_cli("task=sr_x4", "model=srresnet_tiny", "image=embedded:chelsea", "crop=48", "roi.x=16", "roi.y=16",
+                   "roi.size=16", "cem.estimator=fixed", "cem.n_samples=1", "device=cpu", f"output_root={tmp_path}",
+                   "progress=false", "gradients.first_order=true", "gradients.first_order_draws=2", "gradients.lam=true",
+                   "gradients.lam_steps=4", "gradients.decompose_top_k=1", "gradients.decompose_draws=2",
+                   "gradients.decompose_steps=4", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert -1 <= summary["first_order_rank_correlation"] <= 1 and 0 <= summary["lam_diffusion_index"] <= 100
+    assert "decomposition_max_completeness_gap" in summary
+    out = Path(summary["result_dir"])
+    for name in ("first_order/cem.npz", "lam.npz", "lam.json", "cem_lam.png", "decomposition.npz"):
+        assert (out / name).is_file(), name

@@ -30,8 +30,27 @@ class ROIConfig:
 
 
 @dataclass
+class LocalityConfig:
+    """Exact locality acceleration (see ``cemap.locality``): ``mode`` ``auto`` screens and crops when the model declares
+    a receptive radius (or ``radius`` gives one) and the probe confirms it; ``off`` always uses the full image.
+    ``atol`` is the largest ROI output difference (0..1 units) the probe accepts between crop and full image; the
+    default 0 demands bit-identical outputs, so maps equal the full-image computation."""
+
+    mode: str = "auto"
+    radius: Optional[int] = None
+    atol: float = 0.0
+    probes: int = 2
+
+
+@dataclass
 class CEMConfig:
-    """``rois`` (top level) lists several (x, y, size) ROIs scored from the same forwards; it replaces ``roi``."""
+    """``rois`` (top level) lists several (x, y, size) ROIs scored from the same forwards; it replaces ``roi``.
+
+    ``n_samples`` is the draws per block of ``fixed``, the fine stage of ``reference`` and the cap of ``adaptive``
+    (which stops a block at ``target_se`` dB, after at least ``n_min`` draws). ``batch_size`` 0 picks one
+    automatically (from free GPU memory, 16 on the CPU). ``precision`` (fp32, bf16, fp16) and ``compile`` trade exact
+    fp32 effects for speed: see benchmarks/bench_precision.py for how far effects move.
+    """
 
     block_size: int = 8
     estimator: str = "reference"
@@ -39,12 +58,36 @@ class CEMConfig:
     n_coarse: int = 3
     tol: float = 0.01
     z: float = 1.96
+    target_se: float = 0.005
+    n_min: int = 8
     metric: str = "psnr"
-    batch_size: int = 16
+    batch_size: int = 0
     tf32: bool = False
+    precision: str = "fp32"
+    compile: bool = False
+    channels_last: bool = False
+    locality: LocalityConfig = field(default_factory=LocalityConfig)
     keep_samples: bool = False
     checkpoint_every_s: float = 30.0
     shard: Optional[str] = None  # "i/n": compute every n-th block from i; merge with python -m cemap.merge
+
+
+@dataclass
+class GradientsConfig:
+    """Gradient-based views computed next to each map (all off by default; see cemap.decomposition and cemap.lam):
+    ``first_order`` preview with its rank correlation to the map, ``lam`` (Gu & Dong's LAM on the ROI as the output
+    window, with its Diffusion Index and a CEM | LAM figure), and the pixel decomposition of the ``decompose_top_k``
+    blocks with the largest |effect|."""
+
+    first_order: bool = False
+    first_order_draws: int = 8
+    lam: bool = False
+    lam_sigma: float = 1.2
+    lam_steps: int = 50
+    lam_kernel: int = 9
+    decompose_top_k: int = 0
+    decompose_draws: int = 8
+    decompose_steps: int = 32
 
 
 @dataclass
@@ -85,6 +128,7 @@ class RunConfig:
     roi: ROIConfig = field(default_factory=ROIConfig)
     rois: Optional[list[list[int]]] = None
     patches: PatchesConfig = field(default_factory=PatchesConfig)
+    gradients: GradientsConfig = field(default_factory=GradientsConfig)
     image: str = "embedded:chelsea"
     crop: Optional[int] = None
     ckpt: Optional[str] = None

@@ -23,9 +23,10 @@ from cemap import results
 from cemap.estimators import Estimator, make_estimator
 from cemap.grid import ROI, BlockGrid, GeometryError
 from cemap.imageio import to_tensor
+from cemap.locality import LocalityPlan, LocalitySettings, plan_locality
 from cemap.metrics import ROIMetric, roi_metric
 from cemap.patches import PatchBank
-from cemap.results import CEMResult
+from cemap.results import STATUS_STRUCTURAL_ZERO, CEMResult
 from cemap.tasks.base import Degraded, Task
 
 log = logging.getLogger(__name__)
@@ -114,12 +115,23 @@ class _Pending:
     size: int = 0
 
 
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AUTO_BATCH_CAP = 256
+"""Largest batch the automatic choice picks: beyond it GPUs gain little and a back-off costs more."""
+
+
 class CausalEffectMap:
     """Causal effect maps of an image-to-image model on one task.
 
     ``model`` maps a (N, C, h, w) batch in [0, 1] to (N, 3, H, W) outputs, where (H, W) = task.scale x (h, w).
     ``batch_size`` only changes speed: every intervention's draws are fixed before batching, and each sample is
-    scored alone, so the map is the same for any batch size.
+    scored alone, so the map is the same for any batch size (0 = automatic: from free GPU memory, 16 on the CPU).
+
+    Everything per sample stays on ``device``: the patch bank is resident there, interventions are built there (only
+    the few random numbers of a block's draws are made on the host, so that CPU and GPU runs draw identically), the ROI
+    metric is computed there, and only one score per sample and ROI comes back. ``locality`` (default: ``auto``)
+    skips blocks a verified-local model cannot see and crops the input (see ``cemap.locality``); ``precision``
+    ``bf16``/``fp16`` (autocast) and ``compile`` (``torch.compile``) are off by default because they move effects.
     """
 
     def __init__(
@@ -132,13 +144,26 @@ class CausalEffectMap:
         tf32: bool = False,
         progress: bool = False,
         model_name: str | None = None,
+        locality: LocalitySettings | None = None,
+        precision: str = "fp32",
+        compile: bool = False,
+        channels_last: bool = False,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size} must be >= 1")
+        if batch_size < 0:
+            raise ValueError(f"batch_size={batch_size} must be >= 1, or 0 for automatic")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision={precision!r}; choose one of {sorted(PRECISIONS)}")
         self.device = resolve_device(device)
         self.model = model
         if isinstance(model, torch.nn.Module):
             model.to(self.device).eval()
+            if channels_last:
+                model.to(memory_format=torch.channels_last)
+        self.locality = locality or LocalitySettings()
+        self.precision = precision
+        self.compile = compile
+        self.channels_last = channels_last
+        self._runner: Callable[[torch.Tensor], torch.Tensor] = torch.compile(model) if compile else model  # type: ignore[assignment]
         self.task = task
         self.metric = roi_metric(metric) if isinstance(metric, str) else metric
         self.batch_size = batch_size
@@ -149,10 +174,19 @@ class CausalEffectMap:
 
     # --- scoring --------------------------------------------------------------------------------------------------
 
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """The model's float32 output under the configured precision and memory format, without autograd."""
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        dtype = PRECISIONS[self.precision]
+        cast = torch.autocast(self.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+        with torch.inference_mode(), cast:
+            out = self._runner(batch)
+        return out.float() if isinstance(out, torch.Tensor) else out
+
     def _score(self, batch: torch.Tensor, clean: torch.Tensor, rois: Sequence[ROI]) -> np.ndarray:
         """(B, R) ROI metric of each input in ``batch`` for each ROI (the unmodified input goes through here too)."""
-        with torch.inference_mode():
-            out = self.model(batch)
+        out = self._forward(batch)
         expected = (batch.shape[0], 3, clean.shape[1], clean.shape[2])
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
@@ -179,10 +213,24 @@ class CausalEffectMap:
             if batch.device.type == "cuda":
                 torch.cuda.empty_cache()
             half = batch.shape[0] // 2
-            self.batch_size = max(1, min(self.batch_size, half))
+            self.batch_size = max(1, min(self.batch_size or half, half))
             log.warning("out of memory at batch %d: continuing with batch size %d", batch.shape[0], self.batch_size)
             return np.concatenate([self._score_backing_off(batch[:half], clean, rois),
                                    self._score_backing_off(batch[half:], clean, rois)])
+
+    def _auto_batch_size(self, sample: torch.Tensor) -> int:
+        """A batch that fits: on CUDA, half the free memory over one sample's peak use (at most AUTO_BATCH_CAP);
+        16 elsewhere. Out-of-memory back-off still guards the choice."""
+        if self.device.type != "cuda":
+            return 16
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        before = torch.cuda.memory_allocated(self.device)
+        self._forward(sample)
+        torch.cuda.synchronize(self.device)
+        per_sample = max(1, torch.cuda.max_memory_allocated(self.device) - before)
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return int(max(1, min(AUTO_BATCH_CAP, free // 2 // per_sample)))
 
     def _flush(self, pending: _Pending, clean: torch.Tensor, rois: Sequence[ROI]) -> None:
         if not pending.size:
@@ -252,15 +300,26 @@ class CausalEffectMap:
         degraded = degraded.to(self.device, torch.float32)
         clean_d = clean_t.to(self.device)
 
-        key = self._state_key(clean_t, degraded, rois, grid, est, seed, bank)
-        resumed = results.load_partial(Path(state_path), key) if state_path else None
-        stages: list[np.ndarray] = resumed[1] if resumed else []
-        if resumed:
-            log.info("resuming from %s (%d stage(s) saved)", state_path, len(stages))
-
         n_rois, n_blocks = len(rois), len(grid)
         with tf32_mode(self.tf32):
-            origin = self._score(degraded.image.unsqueeze(0), clean_d, rois)[0]
+            plan = self._plan_locality(degraded, clean_d, rois, grid, bank, seed)
+            reachable = np.ones((n_rois, n_blocks), dtype=bool) if plan.reachable is None else plan.reachable
+            window = plan.window
+            scored_clean, scored_rois = plan.crop_output(clean_d, rois, self.task.scale)
+
+            def model_input(batch: torch.Tensor) -> torch.Tensor:
+                return batch if window is None else window.crop(batch).contiguous()
+
+            origin_input = model_input(degraded.image.unsqueeze(0))
+            if self.batch_size == 0:
+                self.batch_size = self._auto_batch_size(origin_input)
+            key = self._state_key(clean_t, degraded, rois, grid, est, seed, bank, plan)
+            resumed = results.load_partial(Path(state_path), key) if state_path else None
+            stages: list[np.ndarray] = resumed[1] if resumed else []
+            if resumed:
+                log.info("resuming from %s (%d stage(s) saved)", state_path, len(stages))
+
+            origin = self._score(origin_input, scored_clean, scored_rois)[0]
             if resumed and not np.array_equal(resumed[0], origin):
                 log.warning("saved origin %s differs from recomputed %s: starting over", resumed[0], origin)
                 stages = []
@@ -276,12 +335,14 @@ class CausalEffectMap:
             def differences(r: int, upto: int) -> list[np.ndarray]:
                 return [orient * (origin[r] - st[r]) for st in stages[:upto]]
 
+            sampled = selected & reachable.any(axis=0)
             stage = 0
             while True:
                 plans = [est.plan(stage, n_blocks, differences(r, stage)) for r in range(n_rois)]
-                if plans[0] is None:
+                if all(p is None for p in plans):
                     break
-                counts = np.where(selected, np.max(np.stack(plans), axis=0), 0)
+                wanted = np.max(np.stack([np.zeros(n_blocks, dtype=np.int64) if p is None else p for p in plans]), axis=0)
+                counts = np.where(sampled, wanted, 0)
                 depth = int(counts.max(initial=0))
                 if stage < len(stages) and stages[stage].shape == (n_rois, n_blocks, depth):
                     store = stages[stage]
@@ -301,7 +362,7 @@ class CausalEffectMap:
                     rng = block_rng(seed, stage, k)
                     chosen = bank.draw(rng, int(counts[k]))
                     patch_t = bank.tensor(self.device, block.height, block.width)[torch.as_tensor(chosen, device=self.device)]
-                    interventions = self.task.intervene(degraded, clean_d, block, patch_t, rng)
+                    interventions = model_input(self.task.intervene(degraded, clean_d, block, patch_t, rng))
                     start = 0
                     while start < len(draws):
                         take = draws[start : start + max(1, self.batch_size - pending.size)]
@@ -311,11 +372,11 @@ class CausalEffectMap:
                         start += len(take)
                         if pending.size >= self.batch_size:
                             flushed = pending.size
-                            self._flush(pending, clean_d, rois)
+                            self._flush(pending, scored_clean, scored_rois)
                             bar.update(flushed)
                             checkpoint()
                 flushed = pending.size
-                self._flush(pending, clean_d, rois)
+                self._flush(pending, scored_clean, scored_rois)
                 bar.update(flushed)
                 bar.close()
                 checkpoint(force=True)
@@ -343,7 +404,10 @@ class CausalEffectMap:
             "rois_sharing_forwards": n_rois,
             "device": str(self.device),
             "tf32": self.tf32,
+            "precision": self.precision,
+            "compile": self.compile,
             "batch_size": self.batch_size,
+            "locality": plan.report,
             "state_key": key,
             "versions": versions(),
             "git_commit": git_commit(),
@@ -351,13 +415,15 @@ class CausalEffectMap:
         out: list[CEMResult] = []
         for r, (one, mask) in enumerate(zip(rois, roi_masks)):
             estimate = est.estimate(differences(r, len(stages)))
-            effects = np.where(selected, estimate.effects, np.nan).reshape(shape)
-            se = np.where(selected, estimate.se, np.nan).reshape(shape)
-            status = np.where(selected, estimate.status, results.STATUS_NOT_COMPUTED).astype(np.uint8).reshape(shape)
+            unseen = ~reachable[r]
+            effects = np.where(selected, np.where(unseen, 0.0, estimate.effects), np.nan).reshape(shape)
+            se = np.where(selected, np.where(unseen, 0.0, estimate.se), np.nan).reshape(shape)
+            status = np.where(unseen, STATUS_STRUCTURAL_ZERO, estimate.status)
+            status = np.where(selected, status, results.STATUS_NOT_COMPUTED).astype(np.uint8).reshape(shape)
             out.append(CEMResult(
                 effects=effects,
                 se=se,
-                n=np.where(selected, estimate.n, 0).reshape(shape),
+                n=np.where(selected & ~unseen, estimate.n, 0).reshape(shape),
                 forwards=forwards.reshape(shape),
                 significant=est.significant(np.nan_to_num(effects), se),
                 status=status,
@@ -370,6 +436,14 @@ class CausalEffectMap:
 
     # --- helpers --------------------------------------------------------------------------------------------------
 
+    def _plan_locality(self, degraded: Degraded, clean: torch.Tensor, rois: Sequence[ROI], grid: BlockGrid,
+                       bank: PatchBank, seed: int) -> LocalityPlan:
+        info = getattr(self.model, "info", None)
+        block = grid.block(0)
+        sample = bank.tensor(self.device, block.height, block.width)[:4]
+        return plan_locality(self._forward, self.task, degraded, clean, rois, grid,
+                             getattr(info, "receptive_radius", None), self.locality, sample, seed)
+
     @staticmethod
     def _default_bank(patches: np.ndarray | None, block_size: int) -> PatchBank:
         if patches is not None:
@@ -380,7 +454,7 @@ class CausalEffectMap:
 
     def _state_key(
         self, clean: torch.Tensor, degraded: Degraded, rois: Sequence[ROI], grid: BlockGrid, est: Estimator, seed: int,
-        bank: PatchBank,
+        bank: PatchBank, plan: LocalityPlan,
     ) -> str:
         """Everything that changes the samples, hashed: saved state resumes only into an identical computation."""
         settings = {
@@ -397,5 +471,9 @@ class CausalEffectMap:
             "bank": bank.sha256,
             "device": self.device.type,
             "tf32": self.tf32,
+            "precision": self.precision,
+            "compile": self.compile,
+            "window": None if plan.window is None else plan.window.as_list(),
+            "reachable": None if plan.reachable is None else hashlib.sha256(plan.reachable.tobytes()).hexdigest(),
         }
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()

@@ -12,7 +12,7 @@ ROI metric of the unmodified input, ``Y`` that of one intervention (signs flip f
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -35,6 +35,18 @@ def _mean_se(d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         var = np.nansum((d - mean[:, None]) ** 2, axis=1) / np.maximum(n - 1, 1)
         se = np.where(n > 1, np.sqrt(var / np.maximum(n, 1)), np.nan)
     return mean, se, n
+
+
+@dataclass(frozen=True)
+class EstimatorSettings:
+    """The flat ``cem.*`` values every estimator is built from (each uses the ones it needs)."""
+
+    n_samples: int = 50
+    n_coarse: int = 3
+    tol: float = 0.01
+    z: float = 1.96
+    target_se: float = 0.005
+    n_min: int = 8
 
 
 @dataclass(frozen=True)
@@ -64,7 +76,7 @@ class Estimator(ABC):
 
     @classmethod
     @abstractmethod
-    def from_settings(cls, n_samples: int, n_coarse: int, tol: float, z: float) -> Estimator:
+    def from_settings(cls, settings: EstimatorSettings) -> Estimator:
         """Build from the flat ``cem.*`` config values."""
 
 
@@ -84,8 +96,8 @@ class Reference(Estimator):
     name = "reference"
 
     @classmethod
-    def from_settings(cls, n_samples: int, n_coarse: int, tol: float, z: float) -> Reference:
-        return cls(tol=tol, z=z, n_coarse=n_coarse, n_fine=n_samples)
+    def from_settings(cls, settings: EstimatorSettings) -> Reference:
+        return cls(tol=settings.tol, z=settings.z, n_coarse=settings.n_coarse, n_fine=settings.n_samples)
 
     def __post_init__(self) -> None:
         if self.n_coarse < 1 or self.n_fine < 1:
@@ -121,8 +133,8 @@ class Fixed(Estimator):
     name = "fixed"
 
     @classmethod
-    def from_settings(cls, n_samples: int, n_coarse: int, tol: float, z: float) -> Fixed:
-        return cls(tol=tol, z=z, n_samples=n_samples)
+    def from_settings(cls, settings: EstimatorSettings) -> Fixed:
+        return cls(tol=settings.tol, z=settings.z, n_samples=settings.n_samples)
 
     def __post_init__(self) -> None:
         if self.n_samples < 1:
@@ -136,11 +148,65 @@ class Fixed(Estimator):
         return Estimate(mean, se, n, np.full(mean.shape, STATUS_ESTIMATED, dtype=np.uint8))
 
 
-ESTIMATORS: dict[str, type[Estimator]] = {"reference": Reference, "fixed": Fixed}
+@dataclass(frozen=True)
+class Adaptive(Estimator):
+    """Sequential sampling per block until its standard error reaches ``target_se`` or it has ``n_max`` draws.
+
+    Stopping rule, checked after every stage on all draws of the block so far (stages are pooled):
+
+    1. stage 0 draws ``n_min`` interventions for every block;
+    2. a block stops once ``SE = sd / sqrt(n) <= target_se`` (this includes ``sd = 0``: all draws gave the same
+       score, as for blocks a local model cannot see) or ``n >= n_max``;
+    3. otherwise its next total is the sample size its current ``sd`` asks for, ``ceil((sd / target_se)^2)``, but at
+       least one more draw and at most double the current count (so one noisy ``sd`` estimate cannot overshoot), and
+       never beyond ``n_max``.
+
+    Effects are the mean over all draws with the usual SE. Stopping on the observed SE makes that SE slightly
+    optimistic for blocks that stopped early (optional stopping); ``n_min`` bounds the effect. Blocks capped at
+    ``n_max`` keep an SE above the target, and ``describe()`` of a result says how many did (``n == n_max``).
+    """
+
+    target_se: float = 0.005
+    n_min: int = 8
+    n_max: int = 200
+
+    name = "adaptive"
+
+    @classmethod
+    def from_settings(cls, settings: EstimatorSettings) -> Adaptive:
+        return cls(tol=settings.tol, z=settings.z, target_se=settings.target_se, n_min=settings.n_min,
+                   n_max=settings.n_samples)
+
+    def __post_init__(self) -> None:
+        if self.target_se <= 0:
+            raise ValueError(f"adaptive estimator needs target_se > 0, got {self.target_se}")
+        if not 2 <= self.n_min <= self.n_max:
+            raise ValueError(f"adaptive estimator needs 2 <= n_min <= n_max, got n_min={self.n_min}, n_max={self.n_max}")
+
+    def plan(self, stage: int, n_blocks: int, differences: list[np.ndarray]) -> np.ndarray | None:
+        if stage == 0:
+            return np.full(n_blocks, self.n_min, dtype=np.int64)
+        _, se, n = _mean_se(np.concatenate(differences, axis=1))
+        sd = np.nan_to_num(se, nan=0.0) * np.sqrt(n)
+        active = (n > 0) & (n < self.n_max) & (np.nan_to_num(se, nan=0.0) > self.target_se)
+        if not active.any():
+            return None
+        wanted = np.ceil((sd / self.target_se) ** 2)
+        total = np.minimum(np.clip(wanted, n + 1, 2 * n), self.n_max)
+        return np.where(active, total - n, 0).astype(np.int64)
+
+    def estimate(self, differences: list[np.ndarray]) -> Estimate:
+        mean, se, n = _mean_se(np.concatenate(differences, axis=1))
+        return Estimate(mean, se, n, np.full(mean.shape, STATUS_ESTIMATED, dtype=np.uint8))
 
 
-def make_estimator(name: str, n_samples: int = 50, n_coarse: int = 3, tol: float = 0.01, z: float = 1.96) -> Estimator:
-    """Build an estimator from the flat ``cem.*`` config (``n_samples`` is the fine-stage size for ``reference``)."""
+ESTIMATORS: dict[str, type[Estimator]] = {"reference": Reference, "fixed": Fixed, "adaptive": Adaptive}
+
+
+def make_estimator(name: str, settings: EstimatorSettings | None = None, **values: float) -> Estimator:
+    """Build an estimator from the flat ``cem.*`` config (``n_samples`` is the fine-stage size for ``reference`` and
+    the cap for ``adaptive``); ``values`` override single settings, e.g. ``make_estimator("fixed", n_samples=8)``."""
     if name not in ESTIMATORS:
         raise ValueError(f"unknown estimator {name!r}; choose one of {sorted(ESTIMATORS)}")
-    return ESTIMATORS[name].from_settings(n_samples=n_samples, n_coarse=n_coarse, tol=tol, z=z)
+    settings = replace(settings or EstimatorSettings(), **values)
+    return ESTIMATORS[name].from_settings(settings)

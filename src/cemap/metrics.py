@@ -135,11 +135,25 @@ class ROIMSE:
         return ((p - t) ** 2).flatten(1).mean(dim=1)
 
 
-ROI_METRICS: dict[str, type] = {"psnr": ROIPSNR, "ssim": ROISSIM, "mse": ROIMSE}
+@dataclass(frozen=True)
+class ROISmoothPSNR:
+    """ROI PSNR without the 8-bit rounding (output clipped to [0, 1], float64): differentiable, for gradient-based
+    decompositions; it differs from ``psnr`` by the rounding only."""
+
+    name: str = "psnr_smooth"
+    higher_is_better: bool = True
+
+    def __call__(self, outputs: torch.Tensor, clean: torch.Tensor, roi: ROI) -> torch.Tensor:
+        p = _crop(outputs, roi).clamp(0.0, 1.0).to(torch.float64) * 255.0
+        t = _crop(clean, roi).to(torch.float64) * 255.0
+        return mse_to_psnr(((p - t) ** 2).flatten(1).mean(dim=1))
+
+
+ROI_METRICS: dict[str, type] = {"psnr": ROIPSNR, "ssim": ROISSIM, "mse": ROIMSE, "psnr_smooth": ROISmoothPSNR}
 
 
 def roi_metric(name: str) -> ROIMetric:
-    """The ROI metric registered under ``name`` (psnr, ssim, mse)."""
+    """The ROI metric registered under ``name`` (psnr, ssim, mse, psnr_smooth)."""
     try:
         return ROI_METRICS[name]()
     except KeyError:

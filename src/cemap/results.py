@@ -24,6 +24,12 @@ RESULT_META = "cem.json"
 FIGURE = "cem.png"
 SUMMARY = "summary.json"
 PARTIAL_SUFFIX = ".partial.npz"
+DECOMPOSITION_ARRAYS = "decomposition.npz"
+DECOMPOSITION_META = "decomposition.json"
+FIRST_ORDER_DIR = "first_order"
+CEM_LAM_FIGURE = "cem_lam.png"
+LAM_ARRAYS = "lam.npz"
+LAM_META = "lam.json"
 
 STATUS_ESTIMATED = 0
 """The block's effect is a mean over interventions."""

@@ -35,13 +35,17 @@ from cemap.checkpoint import CheckpointError, load_checkpoint
 from cemap.config import CONF_DIR, compose_config, drop_keys, register_configs, training_overrides
 from cemap.data import center_crop, load_image, patch_bank_from_config
 from cemap.engine import CausalEffectMap, ModelOutputError, resolve_device
-from cemap.estimators import make_estimator
-from cemap.figures import save_map_figure
+from cemap.estimators import EstimatorSettings, make_estimator
+from cemap.locality import LocalitySettings
+from cemap.decomposition import PixelDecomposition, first_order_map
+from cemap.figures import save_cem_lam_figure, save_map_figure
+from cemap.lam import LAM
 from cemap.grid import ROI, BlockGrid, GeometryError
 from cemap.imageio import ImageError, to_tensor, to_uint8
-from cemap.patches import PatchBankError
+from cemap.patches import PatchBank, PatchBankError
 from cemap.results import CEMResult, ResultLockedError, ResultWriteError
 from cemap.stats import distance_map, summarize
+from cemap.tasks.base import Degraded, Task
 
 log = logging.getLogger("cemap.run")
 
@@ -65,7 +69,7 @@ USER_ERRORS = (
 """Errors caused by inputs or settings: reported in one line, not as a traceback."""
 
 RESULT_NEUTRAL_KEYS = ("progress", "output_root", "cem.batch_size", "cem.checkpoint_every_s", "figure_bound", "logger",
-                       "wandb", "device", "subject", "experiment", "trained")
+                       "wandb", "device", "subject", "experiment", "trained", "gradients")
 """Settings that change speed, presentation or bookkeeping but never the map, left out of the job key (the
 checkpoint actually used enters the key through its sha256)."""
 
@@ -128,7 +132,9 @@ def compute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     grid = BlockGrid(height, width, cfg.cem.block_size, scale=task.block_multiple)
     for roi in rois:
         grid.roi_mask(roi)
-    estimator = make_estimator(cfg.cem.estimator, cfg.cem.n_samples, cfg.cem.n_coarse, cfg.cem.tol, cfg.cem.z)
+    estimator = make_estimator(cfg.cem.estimator, EstimatorSettings(
+        n_samples=cfg.cem.n_samples, n_coarse=cfg.cem.n_coarse, tol=cfg.cem.tol, z=cfg.cem.z,
+        target_se=cfg.cem.target_se, n_min=cfg.cem.n_min))
     shard_blocks = results.parse_shard(cfg.cem.shard, len(grid)) if cfg.cem.shard else None
     bank = patch_bank_from_config(
         cfg.patches.source, cfg.cem.block_size, cfg.patches.path, cfg.patches.n_patches, cfg.patches.seed,
@@ -159,6 +165,8 @@ def compute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             cem = CausalEffectMap(
                 model, task, metric=cfg.cem.metric, device=device, batch_size=cfg.cem.batch_size, tf32=cfg.cem.tf32,
                 progress=cfg.progress, model_name=model_name,
+                locality=LocalitySettings(**OmegaConf.to_container(cfg.cem.locality)),  # type: ignore[arg-type]
+                precision=cfg.cem.precision, compile=cfg.cem.compile, channels_last=cfg.cem.channels_last,
             )
             out = cem.attribute(
                 to_tensor(image), rois, cfg.cem.block_size, estimator, seed=cfg.seed, patches=bank,
@@ -182,8 +190,8 @@ def compute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 result.save(cache / folder)
             results.partial_path(cache).unlink(missing_ok=True)
 
-    degraded = task.degrade(to_tensor(image), np.random.RandomState(cfg.seed)).image
-    shown = np.repeat(np.repeat(to_uint8(degraded), task.scale, axis=0), task.scale, axis=1)
+    degraded = task.degrade(to_tensor(image), np.random.RandomState(cfg.seed))
+    shown = np.repeat(np.repeat(to_uint8(degraded.image), task.scale, axis=0), task.scale, axis=1)
     bound = cfg.figure_bound if cfg.figure_bound is not None else task.display_bound
     per_roi = []
     for folder, result, roi in zip(folders, maps, rois):
@@ -194,6 +202,7 @@ def compute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         save_map_figure(result, run_dir / folder / results.FIGURE, shown, bound,
                         title=f"{model_name} / {task.name} / {image_name}  ROI ({roi.x},{roi.y},{roi.size})")
         per_roi.append(summarize(result))
+        per_roi[-1].update(gradient_views(cfg, model, task, image, degraded, roi, result, bank, run_dir / folder, shown))
     summary = _combine(per_roi)
     summary.update(seconds=round(time.perf_counter() - started, 3), cached=cached, result_dir=str(run_dir.resolve()),
                    forwards=maps[0].meta["forwards"])
@@ -201,6 +210,31 @@ def compute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if cfg.logger == "wandb":
         log_to_wandb(cfg, run_dir, maps, folders, per_roi, model_name, task.name)
     return summary
+
+
+def gradient_views(cfg: DictConfig, model: torch.nn.Module, task: Task, image: np.ndarray, degraded: Degraded, roi: ROI,
+                   result: CEMResult, bank: PatchBank, folder: Path, shown: np.ndarray) -> dict[str, Any]:
+    """The ``gradients.*`` extras for one map, saved beside it; returns their headline numbers for the summary."""
+    opts, device, out = cfg.gradients, resolve_device(cfg.device), {}
+    if opts.first_order:
+        preview = first_order_map(model, task, to_tensor(image), roi, cfg.cem.block_size, opts.first_order_draws,
+                                  cfg.seed, bank, device=device, compare_to=result, degraded=degraded)
+        preview.save(folder / results.FIRST_ORDER_DIR)
+        out["first_order_rank_correlation"] = preview.meta["rank_correlation"]
+    if opts.lam:
+        lam = LAM(model, device, opts.lam_sigma, opts.lam_steps, opts.lam_kernel).attribute(
+            degraded.image, roi)
+        lam.save(folder)
+        save_cem_lam_figure(result, np.kron(lam.map, np.ones((task.scale, task.scale))), lam.diffusion_index,
+                            folder / results.CEM_LAM_FIGURE, shown)
+        out["lam_diffusion_index"] = lam.diffusion_index
+    if opts.decompose_top_k:
+        shares = PixelDecomposition(model, task, device, steps=opts.decompose_steps).attribute(
+            to_tensor(image), roi, block_size=cfg.cem.block_size, n_interventions=opts.decompose_draws, seed=cfg.seed,
+            patches=bank, cem=result, top_k=opts.decompose_top_k, degraded=degraded)
+        shares.save(folder)
+        out["decomposition_max_completeness_gap"] = float(shares.completeness.max(initial=0.0))
+    return out
 
 
 def _combine(per_roi: list[dict[str, Any]]) -> dict[str, Any]:

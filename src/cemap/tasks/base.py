@@ -88,6 +88,12 @@ class Task(ABC):
         """Block sizes and image sizes must be multiples of this (the scale, for tasks that work at low resolution)."""
         return self.scale
 
+    @property
+    def intervention_spread(self) -> int:
+        """Input pixels beyond a block that an intervention may change (0: only the block's own pixels). The locality
+        acceleration relies on it, after checking it on a sample block."""
+        return 0
+
     def describe(self) -> dict[str, object]:
         """Settings that change results, for result metadata and cache keys."""
         return {"name": self.name, "scale": self.scale}

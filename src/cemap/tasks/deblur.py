@@ -60,6 +60,10 @@ class Deblur(Task):
     def radius(self) -> int:
         return self.kernel_size // 2
 
+    @property
+    def intervention_spread(self) -> int:
+        return self.radius
+
     def make_kernel(self, rng: RandomSource) -> np.ndarray:
         if self.kernel == "gaussian":
             return gaussian_kernel(self.kernel_size, float(rng.uniform(*self.sigma_range)))

@@ -96,5 +96,9 @@ class UpsampledSR(Task):
     def block_multiple(self) -> int:
         return self.sr_scale
 
+    @property
+    def intervention_spread(self) -> int:
+        return 2 * self.sr_scale  # the cubic kernel reaches 2 LR pixels
+
     def describe(self) -> dict[str, object]:
         return {"name": self.name, "scale": 1, "sr_scale": self.sr_scale, "kernel": self.kernel}
