@@ -37,6 +37,15 @@ test-all: $(STAMP) ## Run every test, slow ones included
 bench: $(STAMP) ## CEM loop throughput against pure forward throughput (prints ratios)
 	$(PY) benchmarks/bench_cem.py
 
+bench-all: bench ## Also locality, adaptive, precision and the full demo on the real DnCNN (needs ../shared, ~20 min CPU)
+	$(PY) benchmarks/bench_locality.py
+	$(PY) benchmarks/bench_adaptive.py
+	$(PY) benchmarks/bench_precision.py
+	$(PY) benchmarks/bench_demo.py
+
+bench-gpu: $(STAMP) ## The GPU checks of the speed issue in one script (needs CUDA and ../shared)
+	bash benchmarks/gpu_check.sh
+
 demo: $(STAMP) ## The paper's denoising demo map on the real DnCNN (needs ../shared/reference)
 	$(PY) -m cemap.run model=dncnn ckpt=../shared/reference/dncnn_color_blind.pth task=denoise \
 		image=../shared/reference/images/demo_2.png roi.x=96 roi.y=152 roi.size=32 \
@@ -73,5 +82,5 @@ clean: ## Remove caches and outputs (keeps .venv)
 	rm -rf outputs multirun .pytest_cache .hypothesis
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help venv test test-slow test-all bench demo lock clean train-table reproduce-denoise reproduce-sr \
+.PHONY: help venv test test-slow test-all bench bench-all bench-gpu demo lock clean train-table reproduce-denoise reproduce-sr \
 	reproduce-derain reproduce-multitask reproduce-ablations reproduce-all

@@ -10,7 +10,7 @@ import platform
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -108,12 +108,17 @@ def versions() -> dict[str, str]:
 
 @dataclass
 class _Pending:
-    """Interventions waiting for a forward pass, and where their scores go."""
+    """Interventions waiting for a forward pass, and scores still on the device waiting to be copied back."""
 
     inputs: list[torch.Tensor]
     targets: list[tuple[np.ndarray, int, np.ndarray]]
     size: int = 0
+    scored: list[tuple[torch.Tensor, torch.Tensor, list[tuple[np.ndarray, int, np.ndarray]]]] = field(default_factory=list)
 
+
+DRAIN_EVERY = 8
+"""Batches whose scores stay on the device before one copy brings them back: the host keeps building interventions
+while the device computes, instead of waiting for every batch."""
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 AUTO_BATCH_CAP = 256
@@ -184,8 +189,9 @@ class CausalEffectMap:
             out = self._runner(batch)
         return out.float() if isinstance(out, torch.Tensor) else out
 
-    def _score(self, batch: torch.Tensor, clean: torch.Tensor, rois: Sequence[ROI]) -> np.ndarray:
-        """(B, R) ROI metric of each input in ``batch`` for each ROI (the unmodified input goes through here too)."""
+    def _score_on_device(self, batch: torch.Tensor, clean: torch.Tensor, rois: Sequence[ROI]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, R) ROI metric of each input in ``batch`` for each ROI, left on the device, and whether every output
+        was finite (a device flag too, so nothing waits for the device here)."""
         out = self._forward(batch)
         expected = (batch.shape[0], 3, clean.shape[1], clean.shape[2])
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
@@ -194,19 +200,27 @@ class CausalEffectMap:
                 f"model {self.model_name} returned {got} for input {tuple(batch.shape)}; task {self.task.name} "
                 f"(scale {self.task.scale}) needs {expected}"
             )
-        if not torch.isfinite(out).all():
-            raise ModelOutputError(f"model {self.model_name} returned NaN or inf on task {self.task.name}")
         self.forwards += batch.shape[0]
-        scores = torch.stack([self.metric(out, clean, roi) for roi in rois], dim=1)
-        return scores.detach().cpu().numpy().astype(np.float64)
+        scores = torch.stack([self.metric(out, clean, roi) for roi in rois], dim=1).detach().to(torch.float64)
+        return scores, torch.isfinite(out).all()
 
-    def _score_backing_off(self, batch: torch.Tensor, clean: torch.Tensor, rois: Sequence[ROI]) -> np.ndarray:
+    def _check_finite(self, finite: torch.Tensor) -> None:
+        if not bool(finite):
+            raise ModelOutputError(f"model {self.model_name} returned NaN or inf on task {self.task.name}")
+
+    def _score(self, batch: torch.Tensor, clean: torch.Tensor, rois: Sequence[ROI]) -> np.ndarray:
+        """Scores on the host, at once (for the unmodified input)."""
+        scores, finite = self._score_on_device(batch, clean, rois)
+        self._check_finite(finite)
+        return scores.cpu().numpy()
+
+    def _score_backing_off(self, batch: torch.Tensor, clean: torch.Tensor, rois: Sequence[ROI]) -> tuple[torch.Tensor, torch.Tensor]:
         """Score ``batch``; on out-of-memory, halve it (and the batch size for the rest of the run) and retry.
 
         Each sample is scored on its own, so splitting a batch never changes a score.
         """
         try:
-            return self._score(batch, clean, rois)
+            return self._score_on_device(batch, clean, rois)
         except torch.OutOfMemoryError:
             if batch.shape[0] == 1:
                 raise
@@ -215,8 +229,9 @@ class CausalEffectMap:
             half = batch.shape[0] // 2
             self.batch_size = max(1, min(self.batch_size or half, half))
             log.warning("out of memory at batch %d: continuing with batch size %d", batch.shape[0], self.batch_size)
-            return np.concatenate([self._score_backing_off(batch[:half], clean, rois),
-                                   self._score_backing_off(batch[half:], clean, rois)])
+            first, first_ok = self._score_backing_off(batch[:half], clean, rois)
+            second, second_ok = self._score_backing_off(batch[half:], clean, rois)
+            return torch.cat([first, second]), first_ok & second_ok
 
     def _auto_batch_size(self, sample: torch.Tensor) -> int:
         """A batch that fits: on CUDA, half the free memory over one sample's peak use (at most AUTO_BATCH_CAP);
@@ -233,16 +248,27 @@ class CausalEffectMap:
         return int(max(1, min(AUTO_BATCH_CAP, free // 2 // per_sample)))
 
     def _flush(self, pending: _Pending, clean: torch.Tensor, rois: Sequence[ROI]) -> None:
-        if not pending.size:
+        if pending.size:
+            scores, finite = self._score_backing_off(torch.cat(pending.inputs), clean, rois)
+            pending.scored.append((scores, finite, list(pending.targets)))
+            pending.inputs.clear()
+            pending.targets.clear()
+            pending.size = 0
+        if len(pending.scored) >= DRAIN_EVERY:
+            self._drain(pending)
+
+    def _drain(self, pending: _Pending) -> None:
+        """Copy the scores still on the device into their sample stores, in one transfer."""
+        if not pending.scored:
             return
-        scores = self._score_backing_off(torch.cat(pending.inputs), clean, rois)
+        self._check_finite(torch.stack([finite for _, finite, _ in pending.scored]).all())
+        host = torch.cat([scores for scores, _, _ in pending.scored]).cpu().numpy()
         i = 0
-        for store, block, draws in pending.targets:
-            store[:, block, draws] = scores[i : i + len(draws)].T
-            i += len(draws)
-        pending.inputs.clear()
-        pending.targets.clear()
-        pending.size = 0
+        for _, _, targets in pending.scored:
+            for store, block, draws in targets:
+                store[:, block, draws] = host[i : i + len(draws)].T
+                i += len(draws)
+        pending.scored.clear()
 
     # --- the map --------------------------------------------------------------------------------------------------
 
@@ -326,9 +352,12 @@ class CausalEffectMap:
             orient = 1.0 if self.metric.higher_is_better else -1.0
             last_save = time.monotonic()
 
+            pending = _Pending([], [])
+
             def checkpoint(force: bool = False) -> None:
                 nonlocal last_save
                 if state_path and (force or time.monotonic() - last_save >= checkpoint_every_s):
+                    self._drain(pending)
                     results.save_partial(Path(state_path), key, origin, stages)
                     last_save = time.monotonic()
 
@@ -356,7 +385,6 @@ class CausalEffectMap:
                 ]
                 total = int(sum(len(d) for _, d in todo))
                 bar = tqdm(total=total, desc=f"CEM stage {stage}", unit="fwd", disable=not self.progress, leave=False)
-                pending = _Pending([], [])
                 for k, draws in todo:
                     block = grid.block(k)
                     rng = block_rng(seed, stage, k)
@@ -377,6 +405,7 @@ class CausalEffectMap:
                             checkpoint()
                 flushed = pending.size
                 self._flush(pending, scored_clean, scored_rois)
+                self._drain(pending)
                 bar.update(flushed)
                 bar.close()
                 checkpoint(force=True)
