@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+import torch
 
 from cemap import CausalEffectMap, Fixed, Reference, ROI
 from cemap.locality import LocalitySettings, Window, block_footprint, roi_reach
@@ -130,3 +131,22 @@ class UpsampleStack:
         import torch.nn.functional as F
 
         return F.interpolate(self.body(x), scale_factor=self.scale, mode="nearest")
+
+
+@pytest.mark.parametrize("family,kwargs", [
+    ("restormer", dict(dim=8, blocks=[1, 1, 1, 1], refinement_blocks=1, heads=[1, 1, 2, 2], ffn_expansion=2.0)),
+    ("rcan", dict(scale=1, features=8, groups=1, blocks=1, reduction=4, channel_attention="global")),
+])
+def test_zoo_models_with_global_attention_are_refused_despite_a_false_radius(family, kwargs, small_bank) -> None:
+    from cemap.models import create_model
+    from cemap.models.base import ModelInfo
+
+    torch.manual_seed(0)
+    model = create_model(family, **kwargs).eval()
+    model.info = ModelInfo(receptive_radius=4)  # a lie: transposed attention / global channel attention
+    image = np.random.default_rng(0).integers(0, 256, size=(48, 48, 3), dtype=np.uint8)
+    result = CausalEffectMap(model, Denoise(sigma=25.0), device="cpu").attribute(
+        image, ROI(0, 0, 8), 8, Fixed(n_samples=1), patches=small_bank)
+    report = result.meta["locality"]
+    assert not report["screened"] and not report["cropped"] and report["probe_beyond_reach_max_diff"] > 0
+    assert (result.status != STATUS_STRUCTURAL_ZERO).all()

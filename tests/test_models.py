@@ -142,3 +142,37 @@ def test_model_auto_detects_a_foreign_checkpoint(tmp_path: Path) -> None:
     with torch.no_grad():
         y = model(x)
     assert y.shape == (1, 3, 40, 56) and torch.equal(x, before)
+
+
+LOCAL_TINY = [p for p in TINY + VARIANTS if "tiny" in p]
+
+
+@pytest.mark.parametrize("preset", LOCAL_TINY)
+def test_declared_receptive_radius_passes_the_locality_probe(preset: str) -> None:
+    """A preset that declares a finite receptive radius must be right about it: the probe confirms screening (a wrong
+    radius would silently cost the acceleration); global presets declare none."""
+    import numpy as np
+
+    from cemap.grid import ROI, BlockGrid
+    from cemap.locality import LocalitySettings, plan_locality
+    from cemap.tasks import Denoise, SuperResolution
+
+    torch.manual_seed(0)
+    model = build(preset).eval()
+    info = model_info(model)
+    if info.receptive_radius is None:
+        pytest.skip(f"{preset} is global (declares no receptive radius)")
+    task = Denoise() if info.scale == 1 else SuperResolution(scale=info.scale)
+    size = 8 * info.scale * (2 * info.receptive_radius // 8 + 4)
+    clean = torch.rand(3, size, size)
+    degraded = task.degrade(clean, np.random.RandomState(0))
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return model(x)
+
+    grid = BlockGrid(size, size, 8 * info.scale, scale=info.scale)
+    plan = plan_locality(forward, task, degraded, clean, [ROI(0, 0, 8 * info.scale)], grid, info.receptive_radius,
+                         LocalitySettings(), torch.rand(2, 3, 8 * info.scale, 8 * info.scale), seed=0)
+    assert plan.report["screened"], plan.report
+    assert plan.reachable is not None and not plan.reachable.all()
