@@ -266,3 +266,27 @@ def test_many_rois_equal_separate_runs(small_image, small_bank, estimator) -> No
         assert np.array_equal(alone.se, joint.se, equal_nan=True)
         assert alone.origin == joint.origin and joint.meta["roi"]["x"] == roi.x
     assert shared < separate_forwards
+
+
+def test_channels_last_and_bf16_run_and_stay_close(small_image: np.ndarray, small_bank: np.ndarray) -> None:
+    roi, est = ROI(24, 16, 8), Fixed(n_samples=2)
+    fp32 = CausalEffectMap(conv_stack(3), Denoise(sigma=25.0), device="cpu").attribute(
+        small_image, roi, 8, est, patches=small_bank)
+    cl = CausalEffectMap(conv_stack(3), Denoise(sigma=25.0), device="cpu", channels_last=True).attribute(
+        small_image, roi, 8, est, patches=small_bank)
+    bf16 = CausalEffectMap(conv_stack(3), Denoise(sigma=25.0), device="cpu", precision="bf16").attribute(
+        small_image, roi, 8, est, patches=small_bank)
+    assert np.max(np.abs(cl.effects - fp32.effects)) < 1e-3
+    assert bf16.meta["precision"] == "bf16" and np.max(np.abs(bf16.effects - fp32.effects)) < 1.0
+    with pytest.raises(ValueError, match="precision"):
+        CausalEffectMap(conv_stack(1), Denoise(), precision="fp8")
+
+
+@pytest.mark.slow
+def test_torch_compile_gives_the_same_map(small_image: np.ndarray, small_bank: np.ndarray) -> None:
+    roi, est = ROI(24, 16, 8), Fixed(n_samples=2)
+    eager = CausalEffectMap(conv_stack(3), Denoise(sigma=25.0), device="cpu").attribute(
+        small_image, roi, 8, est, patches=small_bank)
+    compiled = CausalEffectMap(conv_stack(3), Denoise(sigma=25.0), device="cpu", compile=True).attribute(
+        small_image, roi, 8, est, patches=small_bank)
+    assert np.max(np.abs(compiled.effects - eager.effects)) < 1e-3
