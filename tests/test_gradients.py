@@ -114,3 +114,18 @@ def test_cem_and_lam_side_by_side(small_image, small_bank, tmp_path) -> None:
     lam = LAM(model, device="cpu", steps=5).attribute(small_image, roi)
     path = save_cem_lam_figure(cem, lam.map, lam.diffusion_index, tmp_path / "side.png", small_image, "test")
     assert path.stat().st_size > 1000
+
+
+def test_decomposition_on_the_locality_crop_equals_the_full_image(small_image, small_bank) -> None:
+    from cemap.locality import LocalitySettings
+
+    roi, blocks = ROI(24, 16, 8), [2 * 7 + 3]
+    model = conv_stack(3, claims_radius=3)
+    cropped = PixelDecomposition(model, Denoise(sigma=25.0), device="cpu", steps=8, max_steps=8).attribute(
+        small_image, roi, blocks, n_interventions=2, patches=small_bank)
+    full = PixelDecomposition(model, Denoise(sigma=25.0), device="cpu", steps=8, max_steps=8,
+                              locality=LocalitySettings(mode="off")).attribute(
+        small_image, roi, blocks, n_interventions=2, patches=small_bank)
+    assert cropped.meta["window"] is not None and full.meta["window"] is None
+    np.testing.assert_allclose(cropped.shares, full.shares, atol=1e-6)
+    np.testing.assert_allclose(cropped.effects, full.effects, atol=1e-9)

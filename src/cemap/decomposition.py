@@ -30,6 +30,7 @@ from cemap import results
 from cemap.engine import ImageModel, block_rng, resolve_device
 from cemap.grid import ROI, BlockGrid
 from cemap.imageio import to_tensor
+from cemap.locality import LocalitySettings, Window, plan_locality
 from cemap.metrics import ROIMetric, ROIPSNR, ROISmoothPSNR
 from cemap.patches import PatchBank
 from cemap.results import STATUS_ESTIMATED, CEMResult
@@ -104,11 +105,13 @@ class PixelDecomposition:
     """Integrated-gradients decomposition of block effects into pixel shares (see the module docstring).
 
     ``steps`` midpoint nodes on [0, 1] per path, doubled (up to ``max_steps``) for any block whose shares miss
-    completeness by more than ``COMPLETENESS_TOL``.
+    completeness by more than ``COMPLETENESS_TOL``. A model that passes the locality probe runs on the crop around
+    the ROI (``locality``, as in the engine); pixels outside it have no share.
     """
 
     def __init__(self, model: ImageModel, task: Task, device: str | torch.device = "auto", steps: int = 32,
-                 max_steps: int = 256, batch_size: int = 16, metric: ROIMetric | None = None) -> None:
+                 max_steps: int = 256, batch_size: int = 16, metric: ROIMetric | None = None,
+                 locality: LocalitySettings | None = None) -> None:
         if steps < 1 or max_steps < steps:
             raise ValueError(f"need 1 <= steps <= max_steps, got steps={steps}, max_steps={max_steps}")
         self.device = resolve_device(device)
@@ -118,6 +121,7 @@ class PixelDecomposition:
         self.task = task
         self.steps, self.max_steps, self.batch_size = steps, max_steps, batch_size
         self.metric = metric or ROISmoothPSNR()
+        self.locality = locality or LocalitySettings()
 
     def _metric_and_grad(self, inputs: torch.Tensor, clean: torch.Tensor, roi: ROI) -> tuple[torch.Tensor, torch.Tensor]:
         values, grads = [], []
@@ -138,6 +142,21 @@ class PixelDecomposition:
             _, g = self._metric_and_grad(x0 + float(alpha) * delta, clean, roi)
             total += g.to(torch.float64)
         return delta.to(torch.float64) * total / steps
+
+    def _crop(self, degraded: Degraded, clean: torch.Tensor, roi: ROI, grid: BlockGrid, bank: PatchBank,
+              seed: int) -> tuple[Window | None, torch.Tensor, ROI]:
+        """The verified locality crop (see cemap.locality) when the model has one, so each pass is cheaper."""
+
+        def forward(batch: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode():
+                return self.model(batch)
+
+        block = grid.block(0)
+        plan = plan_locality(forward, self.task, degraded, clean, [roi], grid,
+                             getattr(getattr(self.model, "info", None), "receptive_radius", None), self.locality,
+                             bank.tensor(self.device, block.height, block.width)[:4], seed)
+        cropped_clean, (cropped_roi,) = plan.crop_output(clean, [roi], self.task.scale)
+        return plan.window, cropped_clean, cropped_roi
 
     def attribute(
         self,
@@ -168,38 +187,47 @@ class PixelDecomposition:
             degraded = self.task.degrade(clean_t, np.random.RandomState(seed))
         degraded = degraded.to(self.device, torch.float32)
         clean_d = clean_t.to(self.device)
-        x0 = degraded.image.unsqueeze(0)
-        base, _ = self._metric_and_grad(x0, clean_d, roi)
+        full_shape = degraded.image.shape
+        window, scored_clean, scored_roi = self._crop(degraded, clean_d, roi, grid, bank, seed)
+        x0 = window.crop(degraded.image.unsqueeze(0)).contiguous() if window else degraded.image.unsqueeze(0)
+        base, _ = self._metric_and_grad(x0, scored_clean, scored_roi)
         with torch.inference_mode():
-            base_rounded = ROIPSNR()(self.model(x0), clean_d, roi)
+            base_rounded = ROIPSNR()(self.model(x0), scored_clean, scored_roi)
 
         effects, rounded, shares, gaps, used = [], [], [], [], []
         for k in chosen.tolist():
             xs = stage0_interventions(self.task, degraded, clean_d, grid, bank, k, n_interventions, seed, self.device)
-            values, _ = self._metric_and_grad(xs, clean_d, roi)
+            xs = window.crop(xs).contiguous() if window else xs
+            values, _ = self._metric_and_grad(xs, scored_clean, scored_roi)
             with torch.inference_mode():
-                rounded_values = ROIPSNR()(self.model(xs), clean_d, roi)
+                rounded_values = ROIPSNR()(self.model(xs), scored_clean, scored_roi)
             effect = float(base[0] - values.mean())
             steps = self.steps
             while True:
-                ig = self._integrated(x0, xs - x0, clean_d, roi, steps)
+                ig = self._integrated(x0, xs - x0, scored_clean, scored_roi, steps)
                 share = -ig.mean(dim=0)
                 gap = abs(float(share.sum()) - effect) / max(abs(effect), 1e-12)
                 if gap <= COMPLETENESS_TOL or steps >= self.max_steps:
                     break
                 steps = min(2 * steps, self.max_steps)
+            placed = np.zeros(full_shape, dtype=np.float32)
+            if window:
+                placed[:, window.y0 : window.y1, window.x0 : window.x1] = share.cpu().numpy()
+            else:
+                placed[:] = share.cpu().numpy()
             effects.append(effect)
             rounded.append(float(base_rounded[0] - rounded_values.mean()))
-            shares.append(share.to(torch.float32).cpu().numpy())
+            shares.append(placed)
             gaps.append(gap)
             used.append(steps)
         return PixelShares(
             blocks=chosen, effects=np.array(effects), effects_rounded=np.array(rounded),
-            shares=np.stack(shares) if shares else np.zeros((0, *x0.shape[1:]), np.float32),
+            shares=np.stack(shares) if shares else np.zeros((0, *full_shape), np.float32),
             completeness=np.array(gaps), steps=np.array(used, dtype=np.int64),
             meta={"method": "integrated_gradients_straight_path", "metric": self.metric.name, "roi": [roi.x, roi.y, roi.size],
                   "block_size": block_size, "n_interventions": n_interventions, "seed": seed,
-                  "completeness_tol": COMPLETENESS_TOL, "task": self.task.describe(), "patch_bank": bank.sha256},
+                  "completeness_tol": COMPLETENESS_TOL, "task": self.task.describe(), "patch_bank": bank.sha256,
+                  "window": window.as_list() if window else None},
         )
 
 
