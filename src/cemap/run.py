@@ -21,6 +21,7 @@ import logging
 import os
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -132,9 +133,7 @@ def compute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     grid = BlockGrid(height, width, cfg.cem.block_size, scale=task.block_multiple)
     for roi in rois:
         grid.roi_mask(roi)
-    estimator = make_estimator(cfg.cem.estimator, EstimatorSettings(
-        n_samples=cfg.cem.n_samples, n_coarse=cfg.cem.n_coarse, tol=cfg.cem.tol, z=cfg.cem.z,
-        target_se=cfg.cem.target_se, n_min=cfg.cem.n_min))
+    estimator = make_estimator(cfg.cem.estimator, EstimatorSettings(**{f.name: cfg.cem[f.name] for f in fields(EstimatorSettings)}))
     shard_blocks = results.parse_shard(cfg.cem.shard, len(grid)) if cfg.cem.shard else None
     bank = patch_bank_from_config(
         cfg.patches.source, cfg.cem.block_size, cfg.patches.path, cfg.patches.n_patches, cfg.patches.seed,
