@@ -150,7 +150,7 @@ LOCAL_TINY = [p for p in TINY + VARIANTS if "tiny" in p]
 @pytest.mark.parametrize("preset", LOCAL_TINY)
 def test_declared_receptive_radius_passes_the_locality_probe(preset: str) -> None:
     """A preset that declares a finite receptive radius must be right about it: the probe confirms screening (a wrong
-    radius would silently cost the acceleration); global presets declare none."""
+    radius would silently cost the acceleration). Global presets declare none, and the probe refuses a forced one."""
     import numpy as np
 
     from cemap.grid import ROI, BlockGrid
@@ -160,10 +160,9 @@ def test_declared_receptive_radius_passes_the_locality_probe(preset: str) -> Non
     torch.manual_seed(0)
     model = build(preset).eval()
     info = model_info(model)
-    if info.receptive_radius is None:
-        pytest.skip(f"{preset} is global (declares no receptive radius)")
+    radius = 2 if info.receptive_radius is None else info.receptive_radius
     task = Denoise() if info.scale == 1 else SuperResolution(scale=info.scale)
-    size = 8 * info.scale * (2 * info.receptive_radius // 8 + 4)
+    size = 8 * info.scale * (2 * radius // 8 + 4)
     clean = torch.rand(3, size, size)
     degraded = task.degrade(clean, np.random.RandomState(0))
 
@@ -172,7 +171,10 @@ def test_declared_receptive_radius_passes_the_locality_probe(preset: str) -> Non
             return model(x)
 
     grid = BlockGrid(size, size, 8 * info.scale, scale=info.scale)
-    plan = plan_locality(forward, task, degraded, clean, [ROI(0, 0, 8 * info.scale)], grid, info.receptive_radius,
+    plan = plan_locality(forward, task, degraded, clean, [ROI(0, 0, 8 * info.scale)], grid, radius,
                          LocalitySettings(), torch.rand(2, 3, 8 * info.scale, 8 * info.scale), seed=0)
-    assert plan.report["screened"], plan.report
-    assert plan.reachable is not None and not plan.reachable.all()
+    if info.receptive_radius is None:
+        assert not plan.report["screened"] and "probe" in plan.report["reason"], plan.report
+    else:
+        assert plan.report["screened"], plan.report
+        assert plan.reachable is not None and not plan.reachable.all()
