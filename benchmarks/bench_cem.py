@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from cemap import CausalEffectMap, Fixed, ROI
+from cemap import ROI, CausalEffectMap, Fixed
 from cemap.data import center_crop, default_patch_bank, embedded_image
 from cemap.engine import resolve_device
 from cemap.locality import LocalitySettings

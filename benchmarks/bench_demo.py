@@ -15,12 +15,12 @@ import json
 import time
 
 import torch
+from demo_setup import DEMO_ROI, author_bank, demo_image, real_dncnn
 
 from cemap import CausalEffectMap
 from cemap.engine import resolve_device
 from cemap.estimators import make_estimator
 from cemap.tasks import Denoise
-from demo_setup import DEMO_ROI, author_bank, demo_image, real_dncnn
 
 
 def main() -> None:

@@ -16,13 +16,20 @@ import time
 
 import numpy as np
 import torch
+from demo_setup import (
+    DEMO_ROI,
+    author_bank,
+    demo_image,
+    max_abs_diff,
+    pure_forward_rate,
+    real_dncnn,
+)
 
 from cemap import CausalEffectMap, Fixed
 from cemap.engine import resolve_device
 from cemap.locality import LocalitySettings
 from cemap.results import STATUS_STRUCTURAL_ZERO
 from cemap.tasks import Denoise
-from demo_setup import DEMO_ROI, author_bank, demo_image, max_abs_diff, pure_forward_rate, real_dncnn
 
 
 def main() -> None:

@@ -15,12 +15,12 @@ import time
 
 import numpy as np
 import torch
+from demo_setup import DEMO_ROI, author_bank, demo_image, real_dncnn
 
 from cemap import CausalEffectMap, Fixed
 from cemap.decomposition import spearman
 from cemap.engine import resolve_device
 from cemap.tasks import Denoise
-from demo_setup import DEMO_ROI, author_bank, demo_image, real_dncnn
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cemap import PatchBank, ROI
+from cemap import ROI, PatchBank
 from cemap.checkpoint import load_checkpoint
 from cemap.imageio import read_image, to_tensor
 from cemap.models import DnCNN

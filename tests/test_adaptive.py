@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cemap import CausalEffectMap, Fixed, ROI
+from cemap import ROI, CausalEffectMap, Fixed
 from cemap.estimators import Adaptive, EstimatorSettings, make_estimator
 from cemap.locality import LocalitySettings
 from cemap.tasks import Denoise

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cemap import CausalEffectMap, Fixed, PatchBank, Reference, ROI
+from cemap import ROI, CausalEffectMap, Fixed, PatchBank, Reference
 from cemap.engine import ModelOutputError, block_rng
 from cemap.grid import BlockGrid, GeometryError
 from cemap.imageio import to_tensor

@@ -6,8 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from cemap import CausalEffectMap, Fixed, ROI
-from cemap.decomposition import PixelDecomposition, PixelShares, first_order_map, spearman
+from cemap import ROI, CausalEffectMap, Fixed
+from cemap.decomposition import (
+    PixelDecomposition,
+    PixelShares,
+    first_order_map,
+    spearman,
+)
 from cemap.grid import BlockGrid
 from cemap.lam import LAM, LAMResult, diffusion_index, gini
 from cemap.tasks import Denoise

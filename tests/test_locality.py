@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from cemap import CausalEffectMap, Fixed, Reference, ROI
-from cemap.locality import LocalitySettings, Window, block_footprint, roi_reach
+from cemap import ROI, CausalEffectMap, Fixed, Reference
 from cemap.grid import BlockGrid
+from cemap.locality import LocalitySettings, Window, block_footprint, roi_reach
 from cemap.results import STATUS_STRUCTURAL_ZERO
 from cemap.tasks import Deblur, Denoise, SuperResolution
 from tests.conftest import conv_stack

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from cemap import CausalEffectMap, PatchBank, Reference, ROI
+from cemap import ROI, CausalEffectMap, PatchBank, Reference
 from cemap.checkpoint import load_checkpoint
 from cemap.grid import BlockGrid
 from cemap.imageio import read_image, to_tensor

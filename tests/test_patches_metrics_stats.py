@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cemap import CausalEffectMap, Fixed, PatchBank, ROI
+from cemap import ROI, CausalEffectMap, Fixed, PatchBank
 from cemap.figures import save_map_figure
 from cemap.imageio import ImageError, read_image
 from cemap.metrics import psnr, ssim

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cemap import CausalEffectMap, Fixed, Reference, ROI
+from cemap import ROI, CausalEffectMap, Fixed, Reference
 from cemap.results import merge_shards, parse_shard
 from cemap.tasks import Denoise
 from tests.conftest import conv_stack

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cemap import CausalEffectMap, Fixed, ROI
+from cemap import ROI, CausalEffectMap, Fixed
 from cemap.data import DeadLeavesSet, FolderSet, dead_leaves
 from cemap.grid import BlockGrid
 from cemap.imageio import to_tensor

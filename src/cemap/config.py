@@ -7,9 +7,8 @@ Model and task nodes come from the ``conf/model`` and ``conf/task`` groups and a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
-
 from pathlib import Path
+from typing import Any, Optional
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore

@@ -31,7 +31,7 @@ from cemap.engine import ImageModel, block_rng, resolve_device
 from cemap.grid import ROI, BlockGrid
 from cemap.imageio import to_tensor
 from cemap.locality import LocalitySettings, Window, plan_locality
-from cemap.metrics import ROIMetric, ROIPSNR, ROISmoothPSNR
+from cemap.metrics import ROIPSNR, ROIMetric, ROISmoothPSNR
 from cemap.patches import PatchBank
 from cemap.results import STATUS_ESTIMATED, CEMResult
 from cemap.tasks.base import Degraded, Task

@@ -33,16 +33,22 @@ from omegaconf import DictConfig, OmegaConf
 
 from cemap import results
 from cemap.checkpoint import CheckpointError, load_checkpoint
-from cemap.config import CONF_DIR, compose_config, drop_keys, register_configs, training_overrides
+from cemap.config import (
+    CONF_DIR,
+    compose_config,
+    drop_keys,
+    register_configs,
+    training_overrides,
+)
 from cemap.data import center_crop, load_image, patch_bank_from_config
+from cemap.decomposition import PixelDecomposition, first_order_map
 from cemap.engine import CausalEffectMap, ModelOutputError, resolve_device
 from cemap.estimators import EstimatorSettings, make_estimator
-from cemap.locality import LocalitySettings
-from cemap.decomposition import PixelDecomposition, first_order_map
 from cemap.figures import save_cem_lam_figure, save_map_figure
-from cemap.lam import LAM
 from cemap.grid import ROI, BlockGrid, GeometryError
 from cemap.imageio import ImageError, to_tensor, to_uint8
+from cemap.lam import LAM
+from cemap.locality import LocalitySettings
 from cemap.patches import PatchBank, PatchBankError
 from cemap.results import CEMResult, ResultLockedError, ResultWriteError
 from cemap.stats import distance_map, summarize

@@ -14,7 +14,14 @@ import torch
 from torch import nn
 
 from cemap.models.base import DIV2K_MEAN, ModelInfo, pad_to_multiple
-from cemap.models.basicsr_compat import Mlp, PatchEmbed, PatchUnEmbed, Upsample, window_partition, window_reverse
+from cemap.models.basicsr_compat import (
+    Mlp,
+    PatchEmbed,
+    PatchUnEmbed,
+    Upsample,
+    window_partition,
+    window_reverse,
+)
 
 
 def _grid(size: int) -> torch.Tensor:
