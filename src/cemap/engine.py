@@ -172,6 +172,7 @@ class CausalEffectMap:
         self.task = task
         self.metric = roi_metric(metric) if isinstance(metric, str) else metric
         self.batch_size = batch_size
+        self.automatic_batch = batch_size == 0
         self.tf32 = tf32
         self.progress = progress
         self.model_name = model_name or (type(model).__name__ if isinstance(model, torch.nn.Module) else getattr(model, "__name__", "model"))
@@ -337,7 +338,7 @@ class CausalEffectMap:
                 return batch if window is None else window.crop(batch).contiguous()
 
             origin_input = model_input(degraded.image.unsqueeze(0))
-            if self.batch_size == 0:
+            if self.automatic_batch:
                 self.batch_size = self._auto_batch_size(origin_input)
             key = self._state_key(clean_t, degraded, rois, grid, est, seed, bank, plan)
             resumed = results.load_partial(Path(state_path), key) if state_path else None

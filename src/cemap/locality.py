@@ -223,7 +223,7 @@ def _probe(forward: Forward, task: Task, image: torch.Tensor, rois: Sequence[ROI
             break
         worst = 0.0
         for inp, out in probes:
-            cropped = forward(window.crop(inp))
+            cropped = forward(window.crop(inp).contiguous())
             for roi in rois:
                 local = ROI(roi.x - window.x0 * scale, roi.y - window.y0 * scale, roi.size)
                 worst = max(worst, _max_diff(_roi_out(cropped, local), _roi_out(out, roi)))
