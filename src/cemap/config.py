@@ -15,6 +15,8 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
+from cemap.estimators import EstimatorSettings
+
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 """The repository's ``conf/`` (cemap is installed in editable mode, so configs stay in the checkout)."""
 
@@ -42,7 +44,7 @@ class LocalityConfig:
 
 
 @dataclass
-class CEMConfig:
+class CEMConfig(EstimatorSettings):
     """``rois`` (top level) lists several (x, y, size) ROIs scored from the same forwards; it replaces ``roi``.
 
     ``n_samples`` is the draws per block of ``fixed``, the fine stage of ``reference`` and the cap of ``adaptive``
@@ -53,12 +55,6 @@ class CEMConfig:
 
     block_size: int = 8
     estimator: str = "reference"
-    n_samples: int = 50
-    n_coarse: int = 3
-    tol: float = 0.01
-    z: float = 1.96
-    target_se: float = 0.005
-    n_min: int = 8
     metric: str = "psnr"
     batch_size: int = 0
     tf32: bool = False

@@ -37,9 +37,10 @@ def _mean_se(d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return mean, se, n
 
 
-@dataclass(frozen=True)
+@dataclass
 class EstimatorSettings:
-    """The flat ``cem.*`` values every estimator is built from (each uses the ones it needs)."""
+    """The flat ``cem.*`` values every estimator is built from (each uses the ones it needs); the run config's
+    ``cem`` node extends this class, so the two never drift apart."""
 
     n_samples: int = 50
     n_coarse: int = 3
