@@ -14,6 +14,7 @@ import json
 import time
 
 import torch
+from demo_setup import pure_forward_rate
 
 from cemap import ROI, CausalEffectMap, Fixed
 from cemap.data import center_crop, default_patch_bank, embedded_image
@@ -21,19 +22,6 @@ from cemap.engine import resolve_device
 from cemap.locality import LocalitySettings
 from cemap.models import DnCNN
 from cemap.tasks import Denoise
-
-
-def forward_throughput(model: torch.nn.Module, batch: torch.Tensor, repeats: int) -> float:
-    with torch.inference_mode():
-        model(batch)  # warm-up
-        if batch.device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(repeats):
-            model(batch)
-        if batch.device.type == "cuda":
-            torch.cuda.synchronize()
-    return repeats * batch.shape[0] / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -55,8 +43,7 @@ def main() -> None:
     total = n_blocks * args.samples
     repeats = max(3, total // args.batch)
 
-    x = torch.rand(args.batch, 3, args.size, args.size, device=device)
-    fwd = forward_throughput(model, x, repeats)
+    fwd = pure_forward_rate(model, (args.size, args.size), args.batch, device, repeats)
 
     # locality off: the comparison is at the same input shape (the locality benchmark measures the crop's gain)
     cem = CausalEffectMap(model, Denoise(), device=device, batch_size=args.batch, locality=LocalitySettings(mode="off"))

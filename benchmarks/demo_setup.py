@@ -1,5 +1,5 @@
-"""The paper's denoising demo for benchmarks: the authors' DnCNN, demo images and DIV2K patch pool from
-../shared/reference (present in the project's workspace only; a clear exit otherwise)."""
+"""Shared by the benchmarks: the paper's denoising demo (the authors' DnCNN, demo images and DIV2K patch pool from
+../shared/reference, present in the project's workspace only; a clear exit otherwise) and the pure-forward timer."""
 
 from __future__ import annotations
 

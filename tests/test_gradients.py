@@ -36,12 +36,12 @@ def test_first_order_map_is_exact_for_a_linear_model_and_metric(small_image, sma
     degraded = task.degrade(torch.from_numpy(small_image).permute(2, 0, 1).float() / 255, np.random.RandomState(0))
     x = degraded.image.unsqueeze(0).requires_grad_(True)
     (g,) = torch.autograd.grad(MeanROI()(model(x), None, roi).sum(), x)
-    from cemap.decomposition import stage0_interventions
+    from cemap.engine import block_interventions
     from cemap.patches import PatchBank
 
     k = 5
-    xs = stage0_interventions(task, degraded, None, BlockGrid(40, 56, 8), PatchBank(small_bank), k, 4, 0,
-                              torch.device("cpu"))
+    xs = block_interventions(task, degraded, None, PatchBank(small_bank), BlockGrid(40, 56, 8).block(k), 0, 4, 0,
+                             torch.device("cpu"))
     by_hand = -float((g[0].double() * (xs.double() - degraded.image.double()).mean(dim=0)).sum())
     assert preview.effects.ravel()[k] == pytest.approx(by_hand, rel=1e-9, abs=1e-12)
     assert preview.meta["backwards"] == 1

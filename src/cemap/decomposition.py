@@ -27,10 +27,15 @@ import numpy as np
 import torch
 
 from cemap import results
-from cemap.engine import ImageModel, block_rng, resolve_device
+from cemap.engine import (
+    ImageModel,
+    as_clean_tensor,
+    as_patch_bank,
+    block_interventions,
+    resolve_device,
+)
 from cemap.grid import ROI, BlockGrid
-from cemap.imageio import to_tensor
-from cemap.locality import LocalitySettings, Window, plan_locality
+from cemap.locality import LocalitySettings, Window, plan_for_model
 from cemap.metrics import ROIPSNR, ROIMetric, ROISmoothPSNR
 from cemap.patches import PatchBank
 from cemap.results import STATUS_ESTIMATED, CEMResult
@@ -40,28 +45,31 @@ COMPLETENESS_TOL = 0.01
 """Largest relative gap between a block's summed pixel shares and its effect before the quadrature is refined."""
 
 
-def _clean_tensor(clean: torch.Tensor | np.ndarray) -> torch.Tensor:
-    return (to_tensor(clean) if isinstance(clean, np.ndarray) else clean.detach().to(torch.float32)).cpu()
+@dataclass
+class _Inputs:
+    """What both gradient views start from, laid out as the engine lays it out."""
+
+    roi: ROI
+    grid: BlockGrid
+    bank: PatchBank
+    degraded: Degraded
+    clean: torch.Tensor
+
+    def interventions(self, task: Task, block_index: int, n: int, seed: int, device: torch.device) -> torch.Tensor:
+        """The engine's stage-0 interventions of a block (same draws, same order)."""
+        return block_interventions(task, self.degraded, self.clean, self.bank, self.grid.block(block_index), 0, n, seed,
+                                   device)
 
 
-def _bank(patches: PatchBank | np.ndarray | None, block_size: int) -> PatchBank:
-    if isinstance(patches, PatchBank):
-        return patches
-    if patches is not None:
-        return PatchBank(np.asarray(patches))
-    from cemap.data import default_patch_bank
-
-    return default_patch_bank(block_size)
-
-
-def stage0_interventions(task: Task, degraded: Degraded, clean: torch.Tensor, grid: BlockGrid, bank: PatchBank,
-                         block_index: int, n: int, seed: int, device: torch.device) -> torch.Tensor:
-    """The first ``n`` interventions the engine's stage 0 makes for block ``block_index`` (same draws, same order)."""
-    block = grid.block(block_index)
-    rng = block_rng(seed, 0, block_index)
-    chosen = bank.draw(rng, n)
-    patches = bank.tensor(device, block.height, block.width)[torch.as_tensor(chosen, device=device)]
-    return task.intervene(degraded, clean, block, patches, rng)
+def _inputs(task: Task, clean: torch.Tensor | np.ndarray, roi: ROI | tuple[int, int, int], block_size: int,
+            patches: PatchBank | np.ndarray | None, degraded: Degraded | None, seed: int, device: torch.device) -> _Inputs:
+    roi = roi if isinstance(roi, ROI) else ROI(*roi)
+    clean_t = as_clean_tensor(clean)
+    grid = BlockGrid(clean_t.shape[1], clean_t.shape[2], block_size, scale=task.block_multiple)
+    grid.roi_mask(roi)
+    if degraded is None:
+        degraded = task.degrade(clean_t, np.random.RandomState(seed))
+    return _Inputs(roi, grid, as_patch_bank(patches, block_size), degraded.to(device, torch.float32), clean_t.to(device))
 
 
 @dataclass
@@ -143,19 +151,16 @@ class PixelDecomposition:
             total += g.to(torch.float64)
         return delta.to(torch.float64) * total / steps
 
-    def _crop(self, degraded: Degraded, clean: torch.Tensor, roi: ROI, grid: BlockGrid, bank: PatchBank,
-              seed: int) -> tuple[Window | None, torch.Tensor, ROI]:
+    def _crop(self, inputs: _Inputs, seed: int) -> tuple[Window | None, torch.Tensor, ROI]:
         """The verified locality crop (see cemap.locality) when the model has one, so each pass is cheaper."""
 
         def forward(batch: torch.Tensor) -> torch.Tensor:
             with torch.inference_mode():
                 return self.model(batch)
 
-        block = grid.block(0)
-        plan = plan_locality(forward, self.task, degraded, clean, [roi], grid,
-                             getattr(getattr(self.model, "info", None), "receptive_radius", None), self.locality,
-                             bank.tensor(self.device, block.height, block.width)[:4], seed)
-        cropped_clean, (cropped_roi,) = plan.crop_output(clean, [roi], self.task.scale)
+        plan = plan_for_model(forward, self.model, self.task, inputs.degraded, inputs.clean, [inputs.roi], inputs.grid,
+                              inputs.bank, self.locality, seed)
+        cropped_clean, (cropped_roi,) = plan.crop_output(inputs.clean, [inputs.roi], self.task.scale)
         return plan.window, cropped_clean, cropped_roi
 
     def attribute(
@@ -172,31 +177,24 @@ class PixelDecomposition:
         degraded: Degraded | None = None,
     ) -> PixelShares:
         """Pixel shares of ``blocks`` (flat indices), or of the ``top_k`` blocks by |effect| of ``cem``."""
-        roi = roi if isinstance(roi, ROI) else ROI(*roi)
-        clean_t = _clean_tensor(clean)
-        grid = BlockGrid(clean_t.shape[1], clean_t.shape[2], block_size, scale=self.task.block_multiple)
-        grid.roi_mask(roi)
+        inputs = _inputs(self.task, clean, roi, block_size, patches, degraded, seed, self.device)
         if blocks is None:
             if cem is None:
                 raise ValueError("give blocks=[...] or a CEMResult (cem=...) to take its top_k blocks by |effect|")
             order = np.argsort(-np.abs(np.nan_to_num(cem.effects.ravel())), kind="stable")
             blocks = order[:top_k].tolist()
         chosen = np.asarray(list(blocks), dtype=np.int64)
-        bank = _bank(patches, block_size)
-        if degraded is None:
-            degraded = self.task.degrade(clean_t, np.random.RandomState(seed))
-        degraded = degraded.to(self.device, torch.float32)
-        clean_d = clean_t.to(self.device)
-        full_shape = degraded.image.shape
-        window, scored_clean, scored_roi = self._crop(degraded, clean_d, roi, grid, bank, seed)
-        x0 = window.crop(degraded.image.unsqueeze(0)).contiguous() if window else degraded.image.unsqueeze(0)
+        full_shape = inputs.degraded.image.shape
+        window, scored_clean, scored_roi = self._crop(inputs, seed)
+        x0 = inputs.degraded.image.unsqueeze(0)
+        x0 = window.crop(x0).contiguous() if window else x0
         base, _ = self._metric_and_grad(x0, scored_clean, scored_roi)
         with torch.inference_mode():
             base_rounded = ROIPSNR()(self.model(x0), scored_clean, scored_roi)
 
         effects, rounded, shares, gaps, used = [], [], [], [], []
         for k in chosen.tolist():
-            xs = stage0_interventions(self.task, degraded, clean_d, grid, bank, k, n_interventions, seed, self.device)
+            xs = inputs.interventions(self.task, k, n_interventions, seed, self.device)
             xs = window.crop(xs).contiguous() if window else xs
             values, _ = self._metric_and_grad(xs, scored_clean, scored_roi)
             with torch.inference_mode():
@@ -224,9 +222,10 @@ class PixelDecomposition:
             blocks=chosen, effects=np.array(effects), effects_rounded=np.array(rounded),
             shares=np.stack(shares) if shares else np.zeros((0, *full_shape), np.float32),
             completeness=np.array(gaps), steps=np.array(used, dtype=np.int64),
-            meta={"method": "integrated_gradients_straight_path", "metric": self.metric.name, "roi": [roi.x, roi.y, roi.size],
+            meta={"method": "integrated_gradients_straight_path", "metric": self.metric.name,
+                  "roi": [inputs.roi.x, inputs.roi.y, inputs.roi.size],
                   "block_size": block_size, "n_interventions": n_interventions, "seed": seed,
-                  "completeness_tol": COMPLETENESS_TOL, "task": self.task.describe(), "patch_bank": bank.sha256,
+                  "completeness_tol": COMPLETENESS_TOL, "task": self.task.describe(), "patch_bank": inputs.bank.sha256,
                   "window": window.as_list() if window else None},
         )
 
@@ -259,31 +258,25 @@ def first_order_map(
 
     With ``compare_to``, ``meta["rank_correlation"]`` is the Spearman correlation with that intervention map.
     """
-    roi = roi if isinstance(roi, ROI) else ROI(*roi)
     dev = resolve_device(device)
     if isinstance(model, torch.nn.Module):
         model.to(dev).eval()
     metric = metric or ROISmoothPSNR()
-    clean_t = _clean_tensor(clean)
-    grid = BlockGrid(clean_t.shape[1], clean_t.shape[2], block_size, scale=task.block_multiple)
-    mask = grid.roi_mask(roi)
-    bank = _bank(patches, block_size)
-    if degraded is None:
-        degraded = task.degrade(clean_t, np.random.RandomState(seed))
-    degraded = degraded.to(dev, torch.float32)
-    clean_d = clean_t.to(dev)
-    x0 = degraded.image.unsqueeze(0).detach().clone().requires_grad_(True)
+    inputs = _inputs(task, clean, roi, block_size, patches, degraded, seed, dev)
+    roi, grid, image = inputs.roi, inputs.grid, inputs.degraded.image
+    x0 = image.unsqueeze(0).detach().clone().requires_grad_(True)
     with torch.enable_grad():
-        origin = metric(model(x0), clean_d, roi)
+        origin = metric(model(x0), inputs.clean, roi)
         (grad,) = torch.autograd.grad(origin.sum(), x0)
     grad = grad[0].to(torch.float64)
     sign = 1.0 if metric.higher_is_better else -1.0
     effects = np.zeros(len(grid))
     for k in range(len(grid)):
-        xs = stage0_interventions(task, degraded, clean_d, grid, bank, k, n_interventions, seed, dev)
-        mean_change = (xs.to(torch.float64) - degraded.image.to(torch.float64)).mean(dim=0)
+        xs = inputs.interventions(task, k, n_interventions, seed, dev)
+        mean_change = (xs.to(torch.float64) - image.to(torch.float64)).mean(dim=0)
         effects[k] = -sign * float((grad * mean_change).sum())
     shape = grid.shape
+    mask = grid.roi_mask(roi)
     effects = effects.reshape(shape)
     meta: dict[str, Any] = {"method": "first_order", "metric": metric.name, "roi": {"x": roi.x, "y": roi.y, "size": roi.size},
                             "block_size": block_size, "n_interventions": n_interventions, "seed": seed,

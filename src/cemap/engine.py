@@ -21,9 +21,9 @@ from tqdm.auto import tqdm
 import cemap
 from cemap import results
 from cemap.estimators import Estimator, make_estimator
-from cemap.grid import ROI, BlockGrid, GeometryError
+from cemap.grid import ROI, Block, BlockGrid, GeometryError
 from cemap.imageio import to_tensor
-from cemap.locality import LocalityPlan, LocalitySettings, plan_locality
+from cemap.locality import LocalityPlan, LocalitySettings, plan_for_model
 from cemap.metrics import ROIMetric, roi_metric
 from cemap.patches import PatchBank
 from cemap.results import STATUS_STRUCTURAL_ZERO, CEMResult
@@ -63,6 +63,35 @@ def tf32_mode(enabled: bool) -> Iterator[None]:
 def block_rng(seed: int, stage: int, block_index: int) -> np.random.Generator:
     """The generator of block ``block_index``'s draws in ``stage``: a function of these three numbers only."""
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(stage, block_index))))
+
+
+def block_interventions(task: Task, degraded: Degraded, clean: torch.Tensor, bank: PatchBank, block: Block,
+                        stage: int, n: int, seed: int, device: torch.device) -> torch.Tensor:
+    """The ``n`` interventions of ``block`` in ``stage``: patches drawn and degraded with ``block_rng(seed, stage,
+    block.index)``, so every caller (maps, decompositions, previews) sees the very same draws."""
+    rng = block_rng(seed, stage, block.index)
+    chosen = bank.draw(rng, n)
+    patches = bank.tensor(device, block.height, block.width)[torch.as_tensor(chosen, device=device)]
+    return task.intervene(degraded, clean, block, patches, rng)
+
+
+def as_clean_tensor(clean: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """The ground truth as a (3, H, W) float32 CPU tensor in [0, 1] (from H x W x 3 uint8 or a tensor)."""
+    clean_t = (to_tensor(clean) if isinstance(clean, np.ndarray) else clean.detach().to(torch.float32)).cpu()
+    if clean_t.dim() != 3 or clean_t.shape[0] != 3:
+        raise ValueError(f"clean image must be (3, H, W) or H x W x 3, got shape {tuple(clean_t.shape)}")
+    return clean_t
+
+
+def as_patch_bank(patches: PatchBank | np.ndarray | None, block_size: int) -> PatchBank:
+    """A bank as given, built from an (N, b, b, 3) array, or the default bank for ``block_size``."""
+    if isinstance(patches, PatchBank):
+        return patches
+    if patches is not None:
+        return PatchBank(np.asarray(patches))
+    from cemap.data import default_patch_bank
+
+    return default_patch_bank(block_size)
 
 
 def model_fingerprint(model: ImageModel) -> str:
@@ -300,9 +329,7 @@ class CausalEffectMap:
         """
         started = time.perf_counter()
         forwards_before = self.forwards
-        clean_t = (to_tensor(clean) if isinstance(clean, np.ndarray) else clean.detach().to(torch.float32)).cpu()
-        if clean_t.dim() != 3 or clean_t.shape[0] != 3:
-            raise ValueError(f"clean image must be (3, H, W) or H x W x 3, got shape {tuple(clean_t.shape)}")
+        clean_t = as_clean_tensor(clean)
         single = isinstance(roi, ROI) or (isinstance(roi, tuple) and len(roi) == 3 and all(isinstance(v, int) for v in roi))
         rois = [roi] if single else list(roi)  # type: ignore[list-item]
         rois = [r if isinstance(r, ROI) else ROI(*r) for r in rois]
@@ -319,7 +346,7 @@ class CausalEffectMap:
                 raise GeometryError(f"blocks must be flat indices in [0, {len(grid)}), got {sorted(set(chosen_blocks.tolist()))[:5]}...")
             selected[:] = False
             selected[chosen_blocks] = True
-        bank = patches if isinstance(patches, PatchBank) else self._default_bank(patches, block_size)
+        bank = as_patch_bank(patches, block_size)
         bank.check_block(min(block_size, height), min(block_size, width))
 
         if degraded is None:
@@ -388,10 +415,8 @@ class CausalEffectMap:
                 bar = tqdm(total=total, desc=f"CEM stage {stage}", unit="fwd", disable=not self.progress, leave=False)
                 for k, draws in todo:
                     block = grid.block(k)
-                    rng = block_rng(seed, stage, k)
-                    chosen = bank.draw(rng, int(counts[k]))
-                    patch_t = bank.tensor(self.device, block.height, block.width)[torch.as_tensor(chosen, device=self.device)]
-                    interventions = model_input(self.task.intervene(degraded, clean_d, block, patch_t, rng))
+                    interventions = model_input(block_interventions(
+                        self.task, degraded, clean_d, bank, block, stage, int(counts[k]), seed, self.device))
                     start = 0
                     while start < len(draws):
                         take = draws[start : start + max(1, self.batch_size - pending.size)]
@@ -468,19 +493,8 @@ class CausalEffectMap:
 
     def _plan_locality(self, degraded: Degraded, clean: torch.Tensor, rois: Sequence[ROI], grid: BlockGrid,
                        bank: PatchBank, seed: int) -> LocalityPlan:
-        info = getattr(self.model, "info", None)
-        block = grid.block(0)
-        sample = bank.tensor(self.device, block.height, block.width)[:4]
-        return plan_locality(self._forward, self.task, degraded, clean, rois, grid,
-                             getattr(info, "receptive_radius", None), self.locality, sample, seed)
-
-    @staticmethod
-    def _default_bank(patches: np.ndarray | None, block_size: int) -> PatchBank:
-        if patches is not None:
-            return PatchBank(np.asarray(patches))
-        from cemap.data import default_patch_bank
-
-        return default_patch_bank(block_size)
+        return plan_for_model(self._forward, self.model, self.task, degraded, clean, rois, grid, bank, self.locality,
+                              seed)
 
     def _state_key(
         self, clean: torch.Tensor, degraded: Degraded, rois: Sequence[ROI], grid: BlockGrid, est: Estimator, seed: int,

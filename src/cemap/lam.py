@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from cemap import results
 from cemap.engine import ImageModel, resolve_device
 from cemap.grid import ROI
+from cemap.tasks.deblur import blur, gaussian_kernel
 
 
 def gini(values: np.ndarray) -> float:
@@ -42,25 +42,6 @@ def gini(values: np.ndarray) -> float:
 def diffusion_index(attribution: np.ndarray) -> float:
     """LAM's Diffusion Index (1 - Gini) x 100 of an attribution map."""
     return (1.0 - gini(attribution)) * 100.0
-
-
-def gaussian_kernel2d(sigma: float, size: int) -> torch.Tensor:
-    """Normalised size x size Gaussian; sigma 0 gives the identity (a single 1 at the centre)."""
-    kernel = torch.zeros(size, size, dtype=torch.float64)
-    if sigma <= 0:
-        kernel[size // 2, size // 2] = 1.0
-        return kernel
-    coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-(coords**2) / (2 * sigma**2))
-    return torch.outer(g, g) / g.sum() ** 2
-
-
-def gaussian_blur(image: torch.Tensor, sigma: float, size: int) -> torch.Tensor:
-    """Blur an (N, C, H, W) batch channel by channel, reflecting at the borders."""
-    c = image.shape[1]
-    kernel = gaussian_kernel2d(sigma, size).to(image).expand(c, 1, size, size)
-    pad = size // 2
-    return F.conv2d(F.pad(image, (pad, pad, pad, pad), mode="reflect"), kernel, groups=c)
 
 
 def edge_energy(output: torch.Tensor, window: ROI) -> torch.Tensor:
@@ -112,7 +93,8 @@ class LAM:
         """The ``steps + 1`` path images, from the most blurred (sigma) to the input itself (sigma 0)."""
         sigmas = [self.sigma * (1 - i / self.steps) for i in range(self.steps + 1)]
         x = image.unsqueeze(0).to(self.device, torch.float32)
-        return torch.cat([gaussian_blur(x, s, self.kernel_size) for s in sigmas])
+        return torch.cat([blur(x, torch.from_numpy(gaussian_kernel(self.kernel_size, s))).float() if s > 0 else x
+                          for s in sigmas])
 
     def attribute(self, image: torch.Tensor | np.ndarray, window: ROI | tuple[int, int, int]) -> LAMResult:
         """LAM of the model input ``image`` ((C, h, w) in [0, 1] or h x w x 3 uint8) for the output ``window``."""

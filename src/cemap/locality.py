@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from cemap.grid import ROI, Block, BlockGrid
+from cemap.patches import PatchBank
 from cemap.tasks.base import Degraded, Task
 
 MODES = ("auto", "off")
@@ -144,6 +145,17 @@ def check_task_spread(task: Task, degraded: Degraded, clean: torch.Tensor, grid:
     reach_x = torch.clamp(torch.maximum(cols.start - xs, xs - (cols.stop - 1)), min=0)
     farthest = int(torch.maximum(reach_y, reach_x).max())
     return farthest if farthest > task.intervention_spread else None
+
+
+def plan_for_model(forward: Forward, model: object, task: Task, degraded: Degraded, clean: torch.Tensor,
+                   rois: Sequence[ROI], grid: BlockGrid, bank: PatchBank, settings: LocalitySettings,
+                   seed: int) -> LocalityPlan:
+    """:func:`plan_locality` with the radius the model declares (``model.info.receptive_radius``, zoo models) and a
+    few patches of ``bank`` for the task-spread check."""
+    block = grid.block(0)
+    sample = bank.tensor(clean.device, block.height, block.width)[:4]
+    radius = getattr(getattr(model, "info", None), "receptive_radius", None)
+    return plan_locality(forward, task, degraded, clean, rois, grid, radius, settings, sample, seed)
 
 
 def plan_locality(
