@@ -127,6 +127,8 @@ class RunConfig:
     image: str = "embedded:chelsea"
     crop: Optional[int] = None
     ckpt: Optional[str] = None
+    weights: Optional[str] = None  # "zoo": the shipped bench model of this model preset and task (cemap.zoo)
+    zoo_seed: int = 0  # which training seed of a shipped model (0, 1, 2 where the zoo has several)
     trained: TrainedRef = field(default_factory=TrainedRef)
     strict: bool = True
     seed: int = 0

@@ -53,6 +53,7 @@ from cemap.patches import PatchBank, PatchBankError
 from cemap.results import CEMResult, ResultLockedError, ResultWriteError
 from cemap.stats import distance_map, summarize
 from cemap.tasks.base import Degraded, Task
+from cemap.zoo import ZooError
 
 log = logging.getLogger("cemap.run")
 
@@ -69,6 +70,7 @@ USER_ERRORS = (
     ModelOutputError,
     ResultWriteError,
     ResultLockedError,
+    ZooError,
     ValueError,
     TypeError,
     FileNotFoundError,
@@ -102,6 +104,21 @@ def choices(cfg: DictConfig) -> dict[str, str]:
     if "_choices" in cfg:
         return dict(cfg._choices)
     return {k: v for k, v in HydraConfig.get().runtime.choices.items() if v is not None}
+
+
+def zoo_checkpoint(cfg: DictConfig) -> str | None:
+    """The shipped bench weights ``weights=zoo`` refers to (model preset + task preset, or the mix), sha256-checked."""
+    if cfg.weights is None:
+        return None
+    if cfg.weights != "zoo":
+        raise ValueError(f"weights={cfg.weights!r}; the only named weights are 'zoo' (or give ckpt=PATH)")
+    if cfg.ckpt:
+        raise ValueError("give either ckpt=PATH or weights=zoo, not both")
+    from cemap import zoo
+
+    picked = choices(cfg)
+    task = "mix" if cfg.trained.mix else picked["task"]
+    return str(zoo.verified_path(zoo.find(picked["model"], cfg.zoo_seed, task)))
 
 
 def trained_checkpoint(cfg: DictConfig) -> Path:
@@ -153,7 +170,7 @@ def compute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             f"model {model_name} has scale {declared.scale} but task {task.name} needs scale {task.scale}; pick a "
             f"model of the task's scale (e.g. an x{task.scale} SR model for task=sr_x{task.scale})"
         )
-    ckpt_path = cfg.ckpt or (str(trained_checkpoint(cfg)) if cfg.trained.schedule else None)
+    ckpt_path = cfg.ckpt or zoo_checkpoint(cfg) or (str(trained_checkpoint(cfg)) if cfg.trained.schedule else None)
     ckpt_sha = getattr(model, "checkpoint_sha256", None)  # model=auto reads its checkpoint itself
     if ckpt_sha is None and ckpt_path:
         ckpt_sha = load_checkpoint(model, ckpt_path, strict=cfg.strict)

@@ -159,7 +159,7 @@ def classical_baseline(task: Task, degraded: list[torch.Tensor], targets: list[t
         for sigma in np.arange(0.4, 3.01, 0.1):
             k = torch.from_numpy(gaussian_kernel(2 * math.ceil(3 * sigma) + 1, float(sigma)))
             out = [blur(d.unsqueeze(0), k)[0].float() for d in degraded]
-            score = _mean_metrics(out, targets, crop_border)[0]
+            score = float(np.mean([psnr(o, t, crop_border).item() for o, t in zip(out, targets)]))  # SSIM: once, below
             if best is None or score > best[0]:
                 best = (score, float(sigma), out)
         assert best is not None
@@ -169,20 +169,30 @@ def classical_baseline(task: Task, degraded: list[torch.Tensor], targets: list[t
     return "degraded input", degraded
 
 
+def evaluation_pairs(task: Task, images: Sequence[np.ndarray], seed: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(targets, degraded inputs) of an evaluation: image ``i`` degraded with seed ``seed + i``."""
+    targets = [to_tensor(im) for im in images]
+    return targets, [task.degrade(t, np.random.RandomState(seed + i)).image for i, t in enumerate(targets)]
+
+
+def baseline_scores(task: Task, images: Sequence[np.ndarray], seed: int, crop_border: int = 0) -> tuple[str, float, float]:
+    """(name, PSNR, SSIM) of the task's classical baseline on the evaluation images (no model needed)."""
+    targets, degraded = evaluation_pairs(task, images, seed)
+    name, base = classical_baseline(task, degraded, targets, crop_border)
+    return (name, *_mean_metrics(base, targets, crop_border))
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, task: Task, images: Sequence[np.ndarray], seed: int, device: torch.device,
              crop_border: int = 0, with_baseline: bool = True) -> EvalRow:
     """Full-image PSNR / SSIM of ``model`` on ``images`` degraded by ``task`` (seeded), and of the classical baseline."""
     model.eval()
-    targets = [to_tensor(im) for im in images]
-    degraded = [task.degrade(t, np.random.RandomState(seed + i)).image for i, t in enumerate(targets)]
+    targets, degraded = evaluation_pairs(task, images, seed)
     outputs = [model(d.unsqueeze(0).to(device))[0].cpu() for d in degraded]
     p, s = _mean_metrics(outputs, targets, crop_border)
     if not with_baseline:
         return EvalRow(task.name, p, s, "", float("nan"), float("nan"))
-    name, base = classical_baseline(task, degraded, targets, crop_border)
-    bp, bs = _mean_metrics(base, targets, crop_border)
-    return EvalRow(task.name, p, s, name, bp, bs)
+    return EvalRow(task.name, p, s, *baseline_scores(task, images, seed, crop_border))
 
 
 # --- checkpoints -----------------------------------------------------------------------------------------------------

@@ -1,0 +1,241 @@
+"""Train the bench zoo (``conf/zoo/bench.yaml``), ship it, or check a retraining against what ships.
+
+    python experiments/train_zoo.py train                  # every job, committed steps, several at once
+    python experiments/train_zoo.py train --calibrate 60 --budget-minutes 7 --device cuda --pack OUT
+                                                           # GPU: measure each job's throughput with all jobs running,
+                                                           # choose steps to fit the budget, train, pack the weights
+    python experiments/train_zoo.py ship --from DIR        # CPU: evaluate exported weights against their floors,
+                                                           # ship those that meet them, write results/zoo tables
+    python experiments/train_zoo.py compare                # retrained (train's output) against the shipped records
+
+``make train-zoo`` runs ``train`` then ``compare``. Training goes through ``python -m cemap.train`` (one process per
+job, resumable, cached by config hash), so a killed run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+from cemap import results
+from cemap.config import compose_config
+from cemap.train import EVAL, FINAL, METRICS, run_dir
+from cemap.zoo import WEIGHTS_DIR
+from cemap.zoo.export import export_weights
+from cemap.zoo.manifest import MANIFEST, Job, load_manifest
+
+REPO = Path(__file__).resolve().parents[1]
+RUNS = "zoo_runs.json"
+
+
+def job_dir(job: Job, root: Path, steps: int | None = None) -> Path:
+    """The training cache folder of ``job`` (what ``python -m cemap.train`` writes into)."""
+    return run_dir(compose_config("training", job.train_overrides(root, steps=steps)))
+
+
+def launch(job: Job, root: Path, device: str, steps: int | None, log_dir: Path) -> subprocess.Popen:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "cemap.train", *job.train_overrides(root, device, steps)]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    out = open(log_dir / f"{job.key}.log", "ab")
+    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def step_rate(metrics: Path) -> float:
+    """Training steps per second over the second half of a run's ``metrics.csv`` (after start-up)."""
+    rows = [r for r in csv.DictReader(open(metrics)) if r["kind"] == "train"] if metrics.is_file() else []
+    if len(rows) < 4:
+        return 0.0
+    a, b = rows[len(rows) // 2], rows[-1]
+    dt = float(b["seconds"]) - float(a["seconds"])
+    return (int(b["step"]) - int(a["step"])) / dt if dt > 0 else 0.0
+
+
+def calibrate(jobs: list[Job], root: Path, device: str, seconds: float) -> dict[str, float]:
+    """Every job's step rate with all jobs training at once, as they will in the real run."""
+    probe_root = root / "calibration"
+    big = 10**7
+    procs = {j.key: launch(j, probe_root, device, big, root / "logs" / "calibration") for j in jobs}
+    metrics = {j.key: job_dir(j, probe_root, big) / METRICS for j in jobs}
+    started = time.time()
+    while time.time() - started < 2 * seconds:  # start-up of many processes at once can be slow: wait for steps
+        time.sleep(2.0)
+        running = [k for k, p in procs.items() if p.poll() is None]
+        if time.time() - started >= seconds and all(step_rate(metrics[k]) > 0 for k in running):
+            break
+    for p in procs.values():
+        stop(p)
+    return {k: step_rate(m) for k, m in metrics.items()}
+
+
+def choose_steps(rates: dict[str, float], budget_s: float, safety: float = 0.8) -> dict[str, int]:
+    """Steps that fit ``budget_s`` at the measured rate (rounded down to 100, at least 200)."""
+    return {k: max(200, int(r * budget_s * safety) // 100 * 100) for k, r in rates.items()}
+
+
+def train_all(plan: list[tuple[str, Job, Path]], device: str, steps: dict[str, int | None], parallel: int,
+              deadline: float | None) -> dict[str, dict]:
+    """Train every (label, job, output root) of ``plan`` with at most ``parallel`` processes; returns per-label status
+    (finished or not, where, steps done). A label differs from the job's key for a repeated job (``.repro``)."""
+    pending, running, done = list(plan), {}, {}
+    while pending or running:
+        while pending and len(running) < parallel:
+            label, j, root = pending.pop(0)
+            running[label] = (j, root, launch(j, root, device, steps[j.key], root / "logs"), time.time())
+        time.sleep(1.0)
+        for label, (j, root, p, t0) in list(running.items()):
+            late = deadline is not None and time.time() > deadline
+            if p.poll() is None and not late:
+                continue
+            stop(p)
+            final = job_dir(j, root, steps[j.key]) / FINAL
+            rows = list(csv.DictReader(open(final.parent / METRICS))) if (final.parent / METRICS).is_file() else []
+            done[label] = {"finished": final.is_file(), "dir": str(final.parent), "steps": steps[j.key],
+                           "steps_done": int(rows[-1]["step"]) if rows else 0,
+                           "wall_minutes": round((time.time() - t0) / 60, 2), "returncode": p.returncode,
+                           "log": str(root / "logs" / f"{j.key}.log")}
+            print(f"{label}: {'done' if final.is_file() else 'NOT finished'} ({done[label]['wall_minutes']} min)",
+                  flush=True)
+            del running[label]
+    return done
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
+        return torch.cuda.get_device_name(0)
+    return f"CPU ({os.cpu_count()} cores visible, {torch.get_num_threads()} threads)"
+
+
+def export_all(runs: dict[str, dict], dest: Path) -> None:
+    """Shipped-format weights (+ the run's eval.json and metrics.csv) of every finished job into ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for key, info in runs.items():
+        if not info["finished"]:
+            log = Path(info["log"])
+            if log.is_file():
+                results.atomic_write_bytes(dest / f"{key}.log", log.read_bytes()[-20000:])
+            continue
+        d = Path(info["dir"])
+        info["sha256"] = export_weights(d / FINAL, dest / f"{key}.safetensors")
+        for name in (EVAL, METRICS, "config.yaml"):
+            if (d / name).is_file():
+                results.atomic_write_bytes(dest / f"{key}.{name}", (d / name).read_bytes())
+    results.atomic_write_json(dest / RUNS, runs)
+
+
+def pack(src: Path, out: Path, limit: int = 15 * 2**20) -> None:
+    """Tar ``src`` into ``out/zoo_<i>.tar`` parts of at most ``limit`` bytes (the device returns files <= 16 MiB)."""
+    out.mkdir(parents=True, exist_ok=True)
+    part, size, tar = 0, 0, None
+    for f in sorted(src.iterdir()):
+        n = f.stat().st_size
+        if tar is None or size + n > limit:
+            if tar:
+                tar.close()
+            part, size = part + 1, 0
+            tar = tarfile.open(out / f"zoo_{part}.tar", "w")
+        tar.add(f, arcname=f.name)
+        size += n + 1024
+    if tar:
+        tar.close()
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    manifest = load_manifest(args.manifest)
+    jobs = [j for j in manifest.jobs if not args.only or j.key in args.only or j.name in args.only]
+    root = Path(args.output_root)
+    started = time.time()
+    if args.calibrate:
+        rates = calibrate(jobs, root, args.device, args.calibrate)
+        for key in [k for k, r in rates.items() if r <= 0]:  # crashed or never started: report, do not retrain
+            log = root / "logs" / "calibration" / f"{key}.log"
+            print(f"{key}: no training steps while calibrating; log tail:", flush=True)
+            print("\n".join(log.read_text(errors="replace").splitlines()[-6:]) if log.is_file() else "(no log)")
+        jobs = [j for j in jobs if rates[j.key] > 0]
+        rates = {j.key: rates[j.key] for j in jobs}
+        remaining = args.budget_minutes * 60 - (time.time() - started)
+        steps: dict[str, int | None] = dict(choose_steps(rates, remaining))
+        results.atomic_write_json(root / "calibration.json", {"rates": rates, "steps": steps, "budget_s": remaining})
+        print(json.dumps({"rates": rates, "steps": steps}), flush=True)
+        deadline = started + args.budget_minutes * 60 + args.grace_minutes * 60
+    else:
+        steps = {j.key: (args.steps or j.steps) for j in jobs}
+        deadline = None
+    plan = [(j.key, j, root) for j in jobs]
+    plan += [(f"{j.key}.repro", j, root / "repro") for j in jobs if j.key in args.repro]
+    runs = train_all(plan, args.device, steps, args.parallel or len(plan), deadline)
+    machine = device_name(args.device)
+    for info in runs.values():
+        info["machine"] = machine
+    export_all(runs, root / "export")
+    if args.pack:
+        if (root / "calibration.json").is_file():
+            results.atomic_write_bytes(root / "export" / "calibration.json", (root / "calibration.json").read_bytes())
+        pack(root / "export", Path(args.pack))
+    print(f"trained {sum(r['finished'] for r in runs.values())}/{len(runs)} in {(time.time() - started) / 60:.1f} min "
+          f"on {machine}", flush=True)
+
+
+def cmd_ship(args: argparse.Namespace) -> None:
+    from cemap.zoo import quality
+
+    quality.ship(load_manifest(args.manifest), Path(args.source), Path(args.dest), Path(args.results_dir))
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from cemap.zoo import quality
+
+    ok = quality.compare(load_manifest(args.manifest), Path(args.output_root) / "export", Path(args.table),
+                         Path(args.zoo_dir))
+    if not ok:
+        sys.exit(f"a retrained model differs from its shipped record by more than {quality.TOLERANCE_DB} dB")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--manifest", default=str(MANIFEST))
+    sub = ap.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train the bench jobs (resumable) and export them in the shipped format")
+    t.add_argument("--only", nargs="*", default=[], help="entry names or job keys (rcan_dn_bench-s1)")
+    t.add_argument("--output-root", default="outputs/zoo")
+    t.add_argument("--device", default="auto")
+    t.add_argument("--parallel", type=int, default=0, help="jobs at once (0: all)")
+    t.add_argument("--steps", type=int, default=None, help="override every job's steps (smoke tests)")
+    t.add_argument("--calibrate", type=float, default=0.0, help="seconds of throughput probing; then steps fit the budget")
+    t.add_argument("--budget-minutes", type=float, default=7.0)
+    t.add_argument("--grace-minutes", type=float, default=1.0)
+    t.add_argument("--repro", nargs="*", default=[], help="job keys trained twice (same seed, same device)")
+    t.add_argument("--pack", default=None, help="folder for zoo_<i>.tar parts of the exported weights")
+    t.set_defaults(func=cmd_train)
+    s = sub.add_parser("ship", help="evaluate exported weights on the CPU; write the package zoo and results/zoo")
+    s.add_argument("--from", dest="source", required=True, help="folder of exported weights (train's export/)")
+    s.add_argument("--dest", default=str(WEIGHTS_DIR), help="package zoo folder (weights + provenance.json)")
+    s.add_argument("--results-dir", default="results/zoo", help="zoo_table.md and not_shipped.json")
+    s.set_defaults(func=cmd_ship)
+    c = sub.add_parser("compare", help="retrained weights against the shipped records")
+    c.add_argument("--output-root", default="outputs/zoo")
+    c.add_argument("--table", default="results/zoo/retrain_table.md")
+    c.add_argument("--zoo-dir", default=str(WEIGHTS_DIR), help="the shipped zoo to compare against")
+    c.set_defaults(func=cmd_compare)
+    args = ap.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""The bench zoo's manifest (``conf/zoo/bench.yaml``): which models ship, how each is trained, which floor it meets.
+
+A manifest entry names a model preset, a task preset (or the mix), a schedule, the steps, the seeds and a floor; a
+``Job`` is one (entry, seed) pair, i.e. one trained model and one shipped file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from cemap.config import CONF_DIR
+
+MANIFEST = CONF_DIR / "zoo" / "bench.yaml"
+FLOOR_KINDS = ("dn", "sr", "sweep", "mix", "baseline")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One bench model to train: an entry of the manifest with one seed."""
+
+    name: str
+    model: str
+    task: str | None
+    mix: dict[str, float] | None
+    schedule: str
+    steps: int | None
+    seed: int
+    floor: str
+    data: str
+
+    @property
+    def key(self) -> str:
+        """The shipped file's stem: ``rcan_dn_bench-s1``."""
+        return f"{self.name}-s{self.seed}"
+
+    @property
+    def tasks(self) -> list[str]:
+        """Task presets the model is evaluated on (every task of the mix)."""
+        return list(self.mix) if self.mix else [str(self.task)]
+
+    def train_overrides(self, output_root: str | Path, device: str = "auto", steps: int | None = None) -> list[str]:
+        """``python -m cemap.train`` arguments that train this job (``steps`` replaces the manifest's)."""
+        n = steps if steps is not None else self.steps
+        if n is None:
+            raise ValueError(f"{self.key}: no steps in the manifest; calibrate first (experiments/train_zoo.py)")
+        args = [f"model={self.model}", f"train={self.schedule}", f"data={self.data}", f"seed={self.seed}",
+                f"train.steps={n}", f"device={device}", f"output_root={output_root}", "progress=false"]
+        if self.mix:
+            args.append("++mix={" + ", ".join(f"{k}: {v}" for k, v in self.mix.items()) + "}")
+        else:
+            args.append(f"task={self.task}")
+        return args
+
+
+@dataclass
+class Manifest:
+    jobs: list[Job]
+    floors: dict[str, float]
+    eval: dict[str, Any] = field(default_factory=dict)
+
+    def job(self, key: str) -> Job:
+        for j in self.jobs:
+            if j.key == key:
+                return j
+        raise KeyError(f"no bench job {key!r}; known: {', '.join(j.key for j in self.jobs)}")
+
+
+def load_manifest(path: str | Path = MANIFEST) -> Manifest:
+    node = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    assert isinstance(node, dict)
+    jobs = []
+    for e in node["entries"]:
+        unknown = set(e) - {"name", "model", "task", "mix", "schedule", "steps", "seeds", "floor"}
+        if unknown or e["floor"] not in FLOOR_KINDS or bool(e.get("task")) == bool(e.get("mix")):
+            raise ValueError(f"bad zoo entry {e}: unknown keys {sorted(unknown)}, floor must be one of {FLOOR_KINDS}, "
+                             "and exactly one of task / mix")
+        mix = dict(node["mix"]) if e.get("mix") else None
+        for seed in e["seeds"]:
+            jobs.append(Job(e["name"], e["model"], e.get("task"), mix, e["schedule"], e.get("steps"), int(seed),
+                            e["floor"], node["data"]))
+    return Manifest(jobs, dict(node["floors"]), dict(node.get("eval", {})))

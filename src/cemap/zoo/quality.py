@@ -1,0 +1,224 @@
+"""Measuring a bench model against its floor, shipping the ones that meet it, and checking a retraining.
+
+Evaluation is on the CPU in float32, on the shipped (float16-rounded) weights: the embedded test photographs
+(centre crops, never used for training) and, where ``../shared/reference`` exists, the paper's demo images. Floors
+(stated in ``conf/zoo/bench.yaml`` before training): denoisers at most 1 dB below the authors' DnCNN on the same
+images and 2.5 dB over the best Gaussian filter; x4 SR 1 dB over bicubic (depth-sweep members 0.5 dB); mix models and
+derain models above each task's classical baseline.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from cemap import results
+from cemap.config import CONF_DIR
+from cemap.data import EmbeddedSet, FolderSet
+from cemap.train import EMA_INIT_SHARE_MAX, training_key
+from cemap.training import baseline_scores, evaluate
+from cemap.zoo import PROVENANCE, WEIGHTS_DIR, records
+from cemap.zoo.manifest import Job, Manifest
+
+REFERENCE = Path(os.environ.get("CEMAP_REFERENCE", CONF_DIR.parent.parent / "shared" / "reference"))
+RESULTS = CONF_DIR.parent / "results" / "zoo"
+TOLERANCE_DB = 0.05
+"""A retrained model (same seed, same device) must reproduce the shipped PSNR within this."""
+
+
+@functools.cache
+def eval_sets(crop: int = 256) -> dict[str, list[np.ndarray]]:
+    """Name -> images: the embedded test split (always) and the paper's demo images (where ../shared exists)."""
+    sets = {"embedded_test": [im for _, im in EmbeddedSet(split="test", crop=crop, multiple=4)]}
+    if (REFERENCE / "images").is_dir():
+        sets["paper_demo"] = [im for _, im in FolderSet(gt=str(REFERENCE / "images"), multiple=4)]
+    return sets
+
+
+def task_of(preset: str) -> Any:
+    return hydra.utils.instantiate(OmegaConf.load(CONF_DIR / "task" / f"{preset}.yaml"))
+
+
+def reference_denoiser() -> torch.nn.Module | None:
+    """The authors' DnCNN (the denoising floor's reference), or None without ../shared."""
+    path = REFERENCE / "dncnn_color_blind.pth"
+    if not path.is_file():
+        return None
+    from cemap.checkpoint import load_checkpoint
+    from cemap.models.dncnn import DnCNN
+
+    model = DnCNN(features=64, depth=20)
+    load_checkpoint(model, path)
+    return model.eval()
+
+
+@functools.cache
+def _baselines(set_name: str, preset: str, seed: int, crop: int) -> dict[str, Any]:
+    """Classical baseline (and, for denoising, the authors' DnCNN) on one set: the same for every model."""
+    images, task = eval_sets(crop)[set_name], task_of(preset)
+    name, psnr, _ = baseline_scores(task, images, seed)
+    out: dict[str, Any] = {"baseline": name, "baseline_psnr": psnr}
+    reference = reference_denoiser() if preset == "denoise" else None
+    if reference is not None:
+        out["reference_psnr"] = evaluate(reference, task, images, seed, torch.device("cpu"), with_baseline=False).psnr
+    return out
+
+
+def measure(model: torch.nn.Module, job: Job, manifest: Manifest) -> dict[str, dict]:
+    """Per evaluation set and task: PSNR/SSIM of the model and of the task's classical baseline (and, for denoising,
+    of the authors' DnCNN)."""
+    crop, seed = int(manifest.eval.get("test_crop", 256)), int(manifest.eval.get("seed", 0))
+    out: dict[str, dict] = {}
+    for set_name, images in eval_sets(crop).items():
+        for preset in job.tasks:
+            row = evaluate(model, task_of(preset), images, seed, torch.device("cpu"), with_baseline=False)
+            out.setdefault(set_name, {})[preset] = {"psnr": row.psnr, "ssim": row.ssim,
+                                                    **_baselines(set_name, preset, seed, crop)}
+    return out
+
+
+def floor_check(kind: str, scores: dict[str, dict], floors: dict[str, float]) -> list[str]:
+    """Why the model misses its floor (empty: met), over every evaluation set and task."""
+    misses = []
+    for set_name, per_task in scores.items():
+        for preset, s in per_task.items():
+            gain = s["psnr"] - s["baseline_psnr"]
+            need = {"dn": floors["dn_over_gaussian_min"], "sr": floors["sr_over_bicubic_min"],
+                    "sweep": floors["sweep_over_bicubic_min"]}.get(kind, floors["over_baseline_min"])
+            if not gain > need:
+                misses.append(f"{set_name}/{preset}: {gain:+.2f} dB over {s['baseline']} (needs > {need:+.2f})")
+            if kind == "dn" and "reference_psnr" in s:
+                gap = s["reference_psnr"] - s["psnr"]
+                if gap > floors["dn_below_reference_max"]:
+                    misses.append(f"{set_name}/{preset}: {gap:.2f} dB below the authors' DnCNN "
+                                  f"(at most {floors['dn_below_reference_max']:.2f})")
+    return misses
+
+
+def load_exported(path: Path, config: dict[str, Any]) -> torch.nn.Module:
+    from safetensors.torch import load_file
+
+    node = {k: v for k, v in config["model"].items() if k != "name"}
+    model = hydra.utils.instantiate(node)
+    state = load_file(str(path))
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
+    return model.eval()
+
+
+def provenance(job: Job, source: Path, manifest: Manifest, runs: dict[str, dict]) -> dict[str, Any]:
+    """Evaluate one exported job and assemble its record (floor met or not)."""
+    config = OmegaConf.to_container(OmegaConf.load(source / f"{job.key}.config.yaml"), resolve=True)
+    assert isinstance(config, dict)
+    weights = source / f"{job.key}.safetensors"
+    model = load_exported(weights, config)
+    trained = json.loads((source / f"{job.key}.eval.json").read_text())
+    scores = measure(model, job, manifest)
+    misses = floor_check(job.floor, scores, manifest.floors)
+    share = float(trained.get("ema_init_share", config["train"]["ema_decay"] ** config["train"]["steps"]))
+    if share > EMA_INIT_SHARE_MAX:
+        misses.append(f"EMA weights still hold {share:.1%} of the random initialisation")
+    info = getattr(model, "info", None)
+    run = runs.get(job.key, {})
+    return {
+        "name": job.name, "key": job.key, "file": f"{job.key}.safetensors", "seed": job.seed,
+        "model_preset": job.model, "task": job.task or "mix", "mix": job.mix, "schedule": job.schedule,
+        "steps": int(config["train"]["steps"]), "data": job.data, "model_config": config["model"],
+        "training_config": config, "config_hash": training_key(OmegaConf.create(config)),
+        "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(), "dtype": "float16",
+        "params": int(sum(p.numel() for p in model.parameters())),
+        "receptive_radius": None if info is None else info.receptive_radius,
+        "eval": scores, "floor": {"kind": job.floor, "met": not misses, "misses": misses},
+        "machine": run.get("machine", "unknown"), "train_minutes": trained.get("minutes"),
+        "eval_machine": "CPU, float32",
+    }
+
+
+def ship(manifest: Manifest, source: Path, dest: Path = WEIGHTS_DIR, results_dir: Path = RESULTS) -> list[dict[str, Any]]:
+    """Evaluate every exported job in ``source``; copy those that meet their floor into the package zoo, keep every
+    record (shipped or not) for the table. Records of jobs not in ``source`` stay as they are."""
+    runs = json.loads((source / "zoo_runs.json").read_text()) if (source / "zoo_runs.json").is_file() else {}
+    old = {r["key"]: r for r in records(dest)}
+    rejected = {r["key"]: r for r in _read(results_dir / "not_shipped.json")}
+    for job in manifest.jobs:
+        if not (source / f"{job.key}.safetensors").is_file():
+            continue
+        rec = provenance(job, source, manifest, runs)
+        print(f"{job.key}: floor {'met' if rec['floor']['met'] else 'MISSED: ' + '; '.join(rec['floor']['misses'])}",
+              flush=True)
+        old.pop(job.key, None)
+        rejected.pop(job.key, None)
+        if rec["floor"]["met"]:
+            dest.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / rec["file"], dest / rec["file"])
+            old[job.key] = rec
+        else:
+            rejected[job.key] = rec
+    shipped = sorted(old.values(), key=lambda r: r["key"])
+    results.atomic_write_json(dest / PROVENANCE, {"manifest": "conf/zoo/bench.yaml", "models": shipped})
+    results.atomic_write_json(results_dir / "not_shipped.json", sorted(rejected.values(), key=lambda r: r["key"]))
+    results.atomic_write_bytes(results_dir / "zoo_table.md",
+                               render_table(shipped, list(rejected.values()), manifest).encode())
+    return shipped
+
+
+def _read(path: Path) -> list[dict[str, Any]]:
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def render_table(shipped: list[dict[str, Any]], rejected: list[dict[str, Any]], manifest: Manifest) -> str:
+    """``results/zoo/zoo_table.md``: every bench job with its PSNR per set against floor and baseline."""
+    lines = ["# Bench zoo", "", "Generated by `python experiments/train_zoo.py ship`; every number is measured on the "
+             "CPU in float32 on the shipped float16 weights. Floors (dB, stated before training): "
+             + ", ".join(f"{k} {v}" for k, v in manifest.floors.items()) + ".", "",
+             "| model | seed | shipped | params | radius | steps | machine | train min | set / task | PSNR | baseline "
+             "| gain | authors' DnCNN | floor |", "|" + "---|" * 14]
+    for r in sorted(shipped + rejected, key=lambda r: r["key"]):
+        radius = "global" if r["receptive_radius"] is None else f"{r['receptive_radius']} px"
+        for set_name, per_task in r["eval"].items():
+            for preset, s in per_task.items():
+                ref = f"{s['reference_psnr']:.2f}" if "reference_psnr" in s else ""
+                lines.append(f"| {r['name']} | {r['seed']} | {'yes' if r['floor']['met'] else 'no'} | "
+                             f"{r['params'] / 1e3:.0f}k | {radius} | {r['steps']} | {r['machine']} | "
+                             f"{r['train_minutes']} | {set_name} / {preset} | {s['psnr']:.2f} | {s['baseline']} "
+                             f"{s['baseline_psnr']:.2f} | {s['psnr'] - s['baseline_psnr']:+.2f} | {ref} | "
+                             f"{r['floor']['kind']}: {'met' if r['floor']['met'] else 'missed'} |")
+    missing = sorted({j.key for j in manifest.jobs} - {r["key"] for r in shipped + rejected})
+    if missing:
+        lines += ["", f"Not trained yet ({len(missing)}): " + ", ".join(missing) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def compare(manifest: Manifest, retrained: Path, table: Path, directory: Path = WEIGHTS_DIR) -> bool:
+    """Retrained weights (``train``'s export folder) against the shipped records: PSNR difference per set and task;
+    True when every retrained shipped model is within ``TOLERANCE_DB``."""
+    rows, ok = ["| model | set / task | shipped PSNR | retrained PSNR | difference | within 0.05 dB |", "|---|---|---|---|---|---|"], True
+    for rec in records(directory):
+        path = retrained / rec["file"]
+        if not path.is_file():
+            rows.append(f"| {rec['key']} | | | not retrained | | |")
+            continue
+        job = manifest.job(rec["key"])
+        scores = measure(load_exported(path, rec["training_config"]), job, manifest)
+        for set_name, per_task in scores.items():
+            for preset, s in per_task.items():
+                shipped = rec["eval"].get(set_name, {}).get(preset)
+                if shipped is None:
+                    continue
+                diff = s["psnr"] - shipped["psnr"]
+                ok &= abs(diff) <= TOLERANCE_DB
+                rows.append(f"| {rec['key']} | {set_name} / {preset} | {shipped['psnr']:.3f} | {s['psnr']:.3f} | "
+                            f"{diff:+.3f} | {'yes' if abs(diff) <= TOLERANCE_DB else 'NO'} |")
+    results.atomic_write_bytes(table, ("# Retrained bench models against the shipped records\n\n"
+                                       + "\n".join(rows) + "\n").encode())
+    print(table.read_text())
+    return ok

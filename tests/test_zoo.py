@@ -1,0 +1,156 @@
+"""The bench zoo: manifest, shipped files against their provenance, the train -> ship -> load -> compare machinery."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from cemap import zoo
+from cemap.zoo import quality
+from cemap.zoo.manifest import MANIFEST, load_manifest
+from tests.conftest import REPO
+
+SHIPPED = zoo.records()
+
+
+def test_manifest_covers_the_families_and_seeds_the_insights_compare() -> None:
+    manifest = load_manifest()
+    names = {j.name for j in manifest.jobs}
+    for needed in ("dncnn_bench", "srresnet_bench", "srresnet_dn_bench", "rcan_bench", "rcan_dn_bench", "swinir_bench",
+                   "swinir_dn_bench", "restormer_bench", "hat_bench", "srresnet_mix_bench", "rcan_mix_bench",
+                   "swinir_mix_bench"):
+        assert needed in names
+    for variant in ("", "_no_ca", "_pool4", "_half"):
+        assert f"rcan_dn_bench{variant}" in names and f"rcan_bench{variant}" in names
+    assert sum(n.startswith("edsr_bench_d") for n in names) >= 3 and sum(n.startswith("fsrcnn_bench_m") for n in names) >= 3
+    for compared in ("rcan_dn_bench", "rcan_dn_bench_no_ca", "rcan_bench", "rcan_bench_no_ca"):
+        assert sorted(j.seed for j in manifest.jobs if j.name == compared) == [0, 1, 2]
+
+
+def test_manifest_rejects_a_typo(tmp_path: Path) -> None:
+    node = yaml.safe_load(MANIFEST.read_text())
+    node["entries"][0]["flor"] = node["entries"][0].pop("floor")
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(node))
+    with pytest.raises(ValueError, match="unknown keys"):
+        load_manifest(tmp_path / "bad.yaml")
+
+
+@pytest.mark.parametrize("record", SHIPPED, ids=[r["key"] for r in SHIPPED])
+def test_shipped_file_matches_its_record_loads_strictly_and_runs(record: dict) -> None:
+    assert record["floor"]["met"], "a model that misses its floor must not ship"
+    zoo.verified_path(record)
+    model = zoo.load(record["name"], seed=record["seed"], task=record["task"])
+    x = torch.rand(1, 3, 37, 45)
+    with torch.no_grad():
+        y = model(x)
+    scale = record["model_config"].get("scale", 1)
+    assert y.shape == (1, 3, 37 * scale, 45 * scale) and torch.isfinite(y).all()
+
+
+def test_shipped_zoo_fits_the_size_budget() -> None:
+    total = sum((zoo.WEIGHTS_DIR / r["file"]).stat().st_size for r in SHIPPED)
+    assert total <= 40 * 2**20
+
+
+@pytest.mark.skipif(not SHIPPED, reason="no bench model ships yet (see results/zoo/zoo_table.md)")
+def test_quick_reevaluation_reproduces_a_recorded_psnr() -> None:
+    """One model per kind of task the zoo ships (DN, SR), on the embedded test split, to 1e-3 dB."""
+    manifest = load_manifest()
+    picked = {}
+    for r in SHIPPED:
+        picked.setdefault(r["task"], r)
+    for task, r in list(picked.items())[:2]:
+        model = zoo.load(r["name"], seed=r["seed"], task=task)
+        scores = quality.measure(model, manifest.job(r["key"]), manifest)
+        for set_name, per_task in scores.items():
+            assert per_task[task]["psnr"] == pytest.approx(r["eval"][set_name][task]["psnr"], abs=1e-3)
+
+
+def test_a_damaged_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "m-s0.safetensors").write_bytes(b"not the file")
+    record = {"name": "m", "model_preset": "m", "task": "denoise", "seed": 0, "file": "m-s0.safetensors",
+              "sha256": "0" * 64}
+    (tmp_path / zoo.PROVENANCE).write_text(json.dumps({"models": [record]}))
+    with pytest.raises(zoo.ZooError, match="does not match"):
+        zoo.load("m", directory=tmp_path)
+    with pytest.raises(zoo.ZooError, match="shipped: m"):
+        zoo.find("other", directory=tmp_path)
+
+
+def smoke_manifest(tmp_path: Path) -> Path:
+    """The real manifest cut to one cheap model, with a floor it can meet after a few steps (machinery only)."""
+    node = yaml.safe_load(MANIFEST.read_text())
+    node["entries"] = [dict(e, steps=3, schedule="bench_smoke") for e in node["entries"] if e["name"] == "fsrcnn_bench_m2"]
+    node["floors"]["sweep_over_bicubic_min"] = -100.0
+    node["eval"]["test_crop"] = 64
+    path = tmp_path / "smoke.yaml"
+    path.write_text(yaml.safe_dump(node))
+    return path
+
+
+def script(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "experiments" / "train_zoo.py"), *args], cwd=cwd, text=True,
+                          capture_output=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def smoke_zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``train`` (3 steps of one model) and ``ship`` into a temporary zoo, once for the tests below."""
+    tmp_path = tmp_path_factory.mktemp("zoo")
+    manifest = smoke_manifest(tmp_path)
+    out = script("--manifest", str(manifest), "train", "--output-root", str(tmp_path / "run"), "--device", "cpu",
+                 cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "trained 1/1" in out.stdout
+    out = script("--manifest", str(manifest), "ship", "--from", str(tmp_path / "run" / "export"), "--dest",
+                 str(tmp_path / "zoo"), "--results-dir", str(tmp_path / "results"), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return tmp_path
+
+
+def test_train_ship_load_compare_end_to_end(smoke_zoo: Path) -> None:
+    dest = smoke_zoo / "zoo"
+    [record] = zoo.records(dest)
+    assert record["key"] == "fsrcnn_bench_m2-s0" and record["floor"]["met"] and record["steps"] == 3
+    assert record["machine"].startswith("CPU") and len(record["config_hash"]) == 16
+    assert "fsrcnn_bench_m2" in (smoke_zoo / "results" / "zoo_table.md").read_text()
+    model = zoo.load("fsrcnn_bench_m2", directory=dest)
+    assert model(torch.rand(1, 3, 8, 8)).shape == (1, 3, 32, 32)
+    table = smoke_zoo / "retrain.md"
+    out = script("--manifest", str(smoke_zoo / "smoke.yaml"), "compare", "--output-root", str(smoke_zoo / "run"),
+                 "--table", str(table), "--zoo-dir", str(dest), cwd=smoke_zoo)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "+0.000 | yes" in table.read_text()
+
+
+def test_a_model_below_its_floor_does_not_ship(smoke_zoo: Path, tmp_path: Path) -> None:
+    node = yaml.safe_load((smoke_zoo / "smoke.yaml").read_text())
+    node["floors"]["sweep_over_bicubic_min"] = 0.5
+    (tmp_path / "strict.yaml").write_text(yaml.safe_dump(node))
+    out = script("--manifest", str(tmp_path / "strict.yaml"), "ship", "--from", str(smoke_zoo / "run" / "export"),
+                 "--dest", str(tmp_path / "zoo"), "--results-dir", str(tmp_path / "res"), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert zoo.records(tmp_path / "zoo") == [] and not list((tmp_path / "zoo").glob("*.safetensors"))
+    [rejected] = json.loads((tmp_path / "res" / "not_shipped.json").read_text())
+    assert not rejected["floor"]["met"] and "needs > +0.50" in rejected["floor"]["misses"][0]
+
+
+def test_the_map_cli_names_a_shipped_model(smoke_zoo: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "CEMAP_ZOO_DIR": str(smoke_zoo / "zoo")}
+    run = [sys.executable, "-m", "cemap.run", "model=fsrcnn_bench_m2", "task=sr_x4", "weights=zoo", "device=cpu",
+           "image=embedded:chelsea", "crop=32", "cem.estimator=fixed", "cem.n_samples=1", "roi.x=8", "roi.y=8",
+           "roi.size=8", "progress=false", f"output_root={tmp_path / 'out'}"]
+    out = subprocess.run(run, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])["result_dir"]
+    checkpoint = json.loads((Path(result) / "cem.json").read_text())["checkpoint"]
+    assert checkpoint["sha256"] == zoo.records(smoke_zoo / "zoo")[0]["sha256"]
+    missing = subprocess.run([*run, "zoo_seed=5"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and "0 shipped models match" in missing.stderr
