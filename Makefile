@@ -72,6 +72,19 @@ reproduce-ablations: $(STAMP) ## Block size, patch source, samples per block, co
 
 reproduce-all: reproduce-denoise reproduce-sr reproduce-derain reproduce-multitask reproduce-ablations ## Every insight and ablation
 
+ZOO_ARGS ?=
+train-zoo: $(STAMP) ## Retrain the bench zoo (conf/zoo/bench.yaml; GPU when present, resumable) and compare with what ships -> results/zoo/retrain_table.md
+	$(PY) experiments/train_zoo.py train $(ZOO_ARGS)
+	$(PY) experiments/train_zoo.py compare
+
+WHEEL_PLATFORMS := --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
+gpu-wheels: $(STAMP) ## Wheels the device tool's GPU machine lacks (hydra, omegaconf, basicsr, ...) into .whl/ (git-ignored)
+	@grep -qx '/.whl/' .git/info/exclude || echo '/.whl/' >> .git/info/exclude
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: $(WHEEL_PLATFORMS) -d .whl \
+		$$(grep -iE '^(hydra-core|omegaconf|addict|future|lmdb|yapf|platformdirs)==' requirements.lock)
+	$(PY) -m pip wheel --quiet --no-deps -w .whl $$(grep -iE '^antlr4-python3-runtime==' requirements.lock)
+	$(PY) -m pip wheel --quiet --no-deps --no-build-isolation -w .whl basicsr==1.4.2
+
 train-table: $(STAMP) ## Train every family's tiny preset and tabulate quality vs baselines -> results/training
 	$(PY) experiments/tiny_training.py
 

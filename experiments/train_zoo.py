@@ -158,7 +158,7 @@ def pack(src: Path, out: Path, limit: int = 15 * 2**20) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     manifest = load_manifest(args.manifest)
-    jobs = [j for j in manifest.jobs if not args.only or j.key in args.only or j.name in args.only]
+    jobs = manifest.select(args.only, args.group)
     root = Path(args.output_root)
     started = time.time()
     if args.calibrate:
@@ -176,6 +176,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         deadline = started + args.budget_minutes * 60 + args.grace_minutes * 60
     else:
         steps = {j.key: (args.steps or j.steps) for j in jobs}
+        for j in [j for j in jobs if steps[j.key] is None]:
+            print(f"{j.key}: skipped, no steps in the manifest yet (its first training calibrates them: --calibrate)")
+        jobs = [j for j in jobs if steps[j.key] is not None]
         deadline = None
     plan = [(j.key, j, root) for j in jobs]
     plan += [(f"{j.key}.repro", j, root / "repro") for j in jobs if j.key in args.repro]
@@ -213,6 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     sub = ap.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train the bench jobs (resumable) and export them in the shipped format")
     t.add_argument("--only", nargs="*", default=[], help="entry names or job keys (rcan_dn_bench-s1)")
+    t.add_argument("--group", default=None, help="a group of conf/zoo/bench.yaml (dn, sr, mt)")
     t.add_argument("--output-root", default="outputs/zoo")
     t.add_argument("--device", default="auto")
     t.add_argument("--parallel", type=int, default=0, help="jobs at once (0: all)")

@@ -46,6 +46,7 @@ from cemap.training import (
 log = logging.getLogger("cemap.train")
 
 RESULT_NEUTRAL = ("device", "logger", "output_root", "progress", "wandb", "train.val_every", "train.checkpoint_every",
+                  "train.log_every",
                   "max_steps_this_run")
 """Settings that never change the trained weights, left out of the cache key."""
 
@@ -135,6 +136,12 @@ def ema_init_share(s: DictConfig) -> float:
     return float(s.ema_decay) ** int(s.steps) if 0 < s.ema_decay < 1 else 0.0
 
 
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host batch to the device without making the host wait for the GPU (pinned memory, asynchronous copy): the
+    next batch is sampled while the GPU still works on this one."""
+    return x.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else x
+
+
 def train(cfg: DictConfig) -> Path:
     """Train (or resume, or reuse) the model described by ``cfg``; returns the path of ``final.pth``."""
     directory = run_dir(cfg)
@@ -200,7 +207,7 @@ def train(cfg: DictConfig) -> Path:
         lq, gt, task_name = sampler.batch(step, rank, world)
         net.train()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(s.amp) and device.type == "cuda"):
-            loss = loss_fn(net(lq.to(device)), gt.to(device))
+            loss = loss_fn(net(to_device(lq, device)), to_device(gt, device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if s.grad_clip > 0:
@@ -208,9 +215,10 @@ def train(cfg: DictConfig) -> Path:
         optimizer.step()
         ema.update(model)
         done = step + 1
-        bar.set_postfix(loss=f"{loss.item():.4f}", task=task_name)
-        logger.log({"step": done, "kind": "train", "task": task_name, "loss": loss.item(), "lr": s.lr * factor,
-                    "seconds": round(time.perf_counter() - started, 2)})
+        if done % s.log_every == 0 or done == stop:  # loss.item() waits for the GPU: not on every step
+            bar.set_postfix(loss=f"{loss.item():.4f}", task=task_name)
+            logger.log({"step": done, "kind": "train", "task": task_name, "loss": loss.item(), "lr": s.lr * factor,
+                        "seconds": round(time.perf_counter() - started, 2)})
         if main_process and (done % s.checkpoint_every == 0 or done == stop):
             save_training_checkpoint(last, model, ema, done, config, optimizer)
         if main_process and s.val_every and done % s.val_every == 0 and done < s.steps:

@@ -96,11 +96,18 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        """``ema = decay * ema + (1 - decay) * model`` for float tensors (one fused call for all of them, which
+        matters on a GPU where per-tensor launches dominate a small model's step); other buffers are copied."""
+        floats_e, floats_m = [], []
         for e, m in zip(self.model.state_dict().values(), model.state_dict().values()):
             if e.is_floating_point():
-                e.mul_(self.decay).add_(m.detach(), alpha=1 - self.decay)
+                floats_e.append(e)
+                floats_m.append(m.detach())
             else:
                 e.copy_(m)
+        if floats_e:
+            torch._foreach_mul_(floats_e, self.decay)
+            torch._foreach_add_(floats_e, floats_m, alpha=1 - self.decay)
 
 
 def make_optimizer(params: Iterable[nn.Parameter], name: str, lr: float, betas: Sequence[float], weight_decay: float) -> torch.optim.Optimizer:

@@ -61,6 +61,14 @@ class Manifest:
     jobs: list[Job]
     floors: dict[str, float]
     eval: dict[str, Any] = field(default_factory=dict)
+    groups: dict[str, list[str]] = field(default_factory=dict)
+
+    def select(self, names: list[str], group: str | None = None) -> list[Job]:
+        """Jobs named (entry name or job key) or in ``group``; all jobs when neither is given."""
+        if group is not None and group not in self.groups:
+            raise ValueError(f"no zoo group {group!r}; groups: {sorted(self.groups)}")
+        wanted = set(names) | set(self.groups.get(group, []) if group else [])
+        return [j for j in self.jobs if not wanted or j.key in wanted or j.name in wanted]
 
     def job(self, key: str) -> Job:
         for j in self.jobs:
@@ -82,4 +90,8 @@ def load_manifest(path: str | Path = MANIFEST) -> Manifest:
         for seed in e["seeds"]:
             jobs.append(Job(e["name"], e["model"], e.get("task"), mix, e["schedule"], e.get("steps"), int(seed),
                             e["floor"], node["data"]))
-    return Manifest(jobs, dict(node["floors"]), dict(node.get("eval", {})))
+    groups = {k: list(v) for k, v in node.get("groups", {}).items()}
+    unknown = {n for names in groups.values() for n in names} - {j.name for j in jobs}
+    if unknown:
+        raise ValueError(f"zoo groups name unknown entries: {sorted(unknown)}")
+    return Manifest(jobs, dict(node["floors"]), dict(node.get("eval", {})), groups)
