@@ -38,14 +38,18 @@ def _family(preset: str) -> str | None:
     return None if target is None or preset == "auto" else target.rsplit(".", 1)[-1]
 
 
+CONTROLS = {"ControlDenoiser"}
+"""Control models (cemap.models.controls): untrained and small by construction, no paper or tiny size."""
+
+
 def test_every_family_has_paper_and_tiny_presets() -> None:
     families = {_family(p) for p in PRESETS} - {None}
     tiny_families = {_family(p) for p in TINY} - {None}
     registered = {v.split(":")[1] for v in MODELS.values()}
-    assert families == registered == tiny_families
+    assert families == registered == tiny_families | CONTROLS
 
 
-VARIANTS = [p for p in PRESETS if _family(p) is None and p != "auto"]
+VARIANTS = [p for p in PRESETS if (_family(p) is None or _family(p) in CONTROLS) and p != "auto"]
 
 
 @pytest.mark.parametrize("preset", TINY + VARIANTS)
