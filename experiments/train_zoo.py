@@ -119,7 +119,7 @@ def device_name(device: str) -> str:
 
     if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
         return torch.cuda.get_device_name(0)
-    return f"CPU ({os.cpu_count()} cores visible, {torch.get_num_threads()} threads)"
+    return f"CPU ({os.cpu_count()} cores, {os.environ.get('OMP_NUM_THREADS', '1')} thread(s) per job)"
 
 
 def export_all(runs: dict[str, dict], dest: Path) -> None:

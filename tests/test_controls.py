@@ -1,4 +1,4 @@
-"""Control models come out of a causal effect map as designed: the local filter has no far and no harmful effects,
+"""Control models come out of a causal effect map as designed: the local filter has no far and almost no harmful effects,
 the planted global branch reaches far, and off-centre it makes far blocks harmful (numbers from three test photos:
 far mass 0 / 0.44 / 0.55 and negative mass 0.018 / 0.45 / 0.49 for control_local / _reach / _harm)."""
 

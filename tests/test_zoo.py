@@ -34,6 +34,16 @@ def test_manifest_covers_the_families_and_seeds_the_insights_compare() -> None:
         assert sorted(j.seed for j in manifest.jobs if j.name == compared) == [0, 1, 2]
 
 
+def test_groups_split_the_zoo_into_leases_without_gaps_or_overlaps() -> None:
+    manifest = load_manifest()
+    names = [n for group in manifest.groups.values() for n in group]
+    assert sorted(names) == sorted({j.name for j in manifest.jobs})
+    assert {j.key for j in manifest.select([], "dn")} >= {"rcan_dn_bench-s2", "dncnn_bench-s0"}
+    assert [j.key for j in manifest.select(["rcan_bench-s1"])] == ["rcan_bench-s1"]
+    with pytest.raises(ValueError, match="no zoo group"):
+        manifest.select([], "denoise")
+
+
 def test_manifest_rejects_a_typo(tmp_path: Path) -> None:
     node = yaml.safe_load(MANIFEST.read_text())
     node["entries"][0]["flor"] = node["entries"][0].pop("floor")
@@ -88,6 +98,7 @@ def smoke_manifest(tmp_path: Path) -> Path:
     """The real manifest cut to one cheap model, with a floor it can meet after a few steps (machinery only)."""
     node = yaml.safe_load(MANIFEST.read_text())
     node["entries"] = [dict(e, steps=3, schedule="bench_smoke") for e in node["entries"] if e["name"] == "fsrcnn_bench_m2"]
+    node["groups"] = {}
     node["floors"]["sweep_over_bicubic_min"] = -100.0
     node["eval"]["test_crop"] = 64
     path = tmp_path / "smoke.yaml"

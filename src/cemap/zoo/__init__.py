@@ -59,25 +59,24 @@ def verified_path(record: dict[str, Any], directory: Path = WEIGHTS_DIR) -> Path
     return path
 
 
-def build(record: dict[str, Any]) -> torch.nn.Module:
-    """An untrained model of the record's architecture (from the resolved preset stored in the record)."""
+def load_weights(model_config: dict[str, Any], path: Path) -> torch.nn.Module:
+    """A model built from a resolved preset (``_target_`` + arguments) with the float16 safetensors at ``path``
+    loaded strictly as float32, in eval mode."""
     import hydra
+    from safetensors.torch import load_file
 
-    node = {k: v for k, v in record["model_config"].items() if k != "name"}
-    return hydra.utils.instantiate(node)
+    model = hydra.utils.instantiate({k: v for k, v in model_config.items() if k != "name"})
+    state = load_file(str(path))
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
+    return model.eval()
 
 
 def load(name: str, seed: int = 0, task: str | None = None, device: str | torch.device = "cpu",
          directory: Path = WEIGHTS_DIR) -> torch.nn.Module:
     """A shipped bench model, float32, in eval mode, its weights verified against the recorded sha256."""
-    from safetensors.torch import load_file
-
     record = find(name, seed, task, directory)
-    path = verified_path(record, directory)
-    model = build(record)
-    state = load_file(str(path))
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
-    return model.to(device).eval()
+    path = verified_path(record, directory)  # before anything is built from the record
+    return load_weights(record["model_config"], path).to(device)
 
 
-__all__ = ["WEIGHTS_DIR", "ZooError", "build", "find", "load", "records", "verified_path"]
+__all__ = ["WEIGHTS_DIR", "ZooError", "find", "load", "load_weights", "records", "verified_path"]

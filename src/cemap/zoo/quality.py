@@ -27,7 +27,7 @@ from cemap.config import CONF_DIR
 from cemap.data import EmbeddedSet, FolderSet
 from cemap.train import EMA_INIT_SHARE_MAX, training_key
 from cemap.training import baseline_scores, evaluate
-from cemap.zoo import PROVENANCE, WEIGHTS_DIR, records
+from cemap.zoo import PROVENANCE, WEIGHTS_DIR, load_weights, records
 from cemap.zoo.manifest import Job, Manifest
 
 REFERENCE = Path(os.environ.get("CEMAP_REFERENCE", CONF_DIR.parent.parent / "shared" / "reference"))
@@ -105,22 +105,12 @@ def floor_check(kind: str, scores: dict[str, dict], floors: dict[str, float]) ->
     return misses
 
 
-def load_exported(path: Path, config: dict[str, Any]) -> torch.nn.Module:
-    from safetensors.torch import load_file
-
-    node = {k: v for k, v in config["model"].items() if k != "name"}
-    model = hydra.utils.instantiate(node)
-    state = load_file(str(path))
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
-    return model.eval()
-
-
 def provenance(job: Job, source: Path, manifest: Manifest, runs: dict[str, dict]) -> dict[str, Any]:
     """Evaluate one exported job and assemble its record (floor met or not)."""
     config = OmegaConf.to_container(OmegaConf.load(source / f"{job.key}.config.yaml"), resolve=True)
     assert isinstance(config, dict)
     weights = source / f"{job.key}.safetensors"
-    model = load_exported(weights, config)
+    model = load_weights(config["model"], weights)
     trained = json.loads((source / f"{job.key}.eval.json").read_text())
     scores = measure(model, job, manifest)
     misses = floor_check(job.floor, scores, manifest.floors)
@@ -208,7 +198,7 @@ def compare(manifest: Manifest, retrained: Path, table: Path, directory: Path = 
             rows.append(f"| {rec['key']} | | | not retrained | | |")
             continue
         job = manifest.job(rec["key"])
-        scores = measure(load_exported(path, rec["training_config"]), job, manifest)
+        scores = measure(load_weights(rec["model_config"], path), job, manifest)
         for set_name, per_task in scores.items():
             for preset, s in per_task.items():
                 shipped = rec["eval"].get(set_name, {}).get(preset)
