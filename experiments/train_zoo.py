@@ -34,6 +34,8 @@ from cemap.zoo.manifest import MANIFEST, Job, load_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = "zoo_runs.json"
+MIN_USEFUL_STEPS = 700
+"""Fewest steps whose EMA (decay 0.99, the bench schedules') forgets the random init below 0.1%."""
 
 
 def job_dir(job: Job, root: Path, steps: int | None = None) -> Path:
@@ -87,7 +89,7 @@ def choose_steps(rates: dict[str, float], budget_s: float, safety: float = 0.8) 
     return {k: max(200, int(r * budget_s * safety) // 100 * 100) for k, r in rates.items()}
 
 
-def train_all(plan: list[tuple[str, Job, Path]], device: str, steps: dict[str, int | None], parallel: int,
+def train_all(plan: list[tuple[str, Job, Path]], device: str, steps: dict[str, int], parallel: int,
               deadline: float | None) -> dict[str, dict]:
     """Train every (label, job, output root) of ``plan`` with at most ``parallel`` processes; returns per-label status
     (finished or not, where, steps done). A label differs from the job's key for a repeated job (``.repro``)."""
@@ -156,30 +158,41 @@ def pack(src: Path, out: Path, limit: int = 15 * 2**20) -> None:
         tar.close()
 
 
+def calibrated_steps(jobs: list[Job], root: Path, args: argparse.Namespace, started: float) -> dict[str, int]:
+    """Steps per job that fit what is left of the budget at the rates measured with all jobs running; jobs that
+    made no step (crashed, never started) are reported and left out."""
+    rates = calibrate(jobs, root, args.device, args.calibrate)
+    for key in [k for k, r in rates.items() if r <= 0]:
+        log = root / "logs" / "calibration" / f"{key}.log"
+        print(f"{key}: no training steps while calibrating; log tail:", flush=True)
+        print("\n".join(log.read_text(errors="replace").splitlines()[-6:]) if log.is_file() else "(no log)")
+    rates = {k: r for k, r in rates.items() if r > 0}
+    remaining = args.budget_minutes * 60 - (time.time() - started)
+    steps = choose_steps(rates, remaining)
+    for key in [k for k, n in steps.items() if n < MIN_USEFUL_STEPS]:
+        print(f"{key}: only {steps[key]} steps fit; below {MIN_USEFUL_STEPS} the EMA still holds >0.1% of the init "
+              "at ema_decay 0.99 and the zoo will refuse it (train fewer jobs per lease: --group)", flush=True)
+    results.atomic_write_json(root / "calibration.json", {"rates": rates, "steps": steps, "budget_s": remaining})
+    print(json.dumps({"rates": rates, "steps": steps}), flush=True)
+    return steps
+
+
+def manifest_steps(jobs: list[Job], override: int | None) -> dict[str, int]:
+    """The committed steps of each job (``override`` for smoke runs); jobs without any are reported and left out."""
+    steps = {j.key: override or j.steps for j in jobs}
+    for key in [k for k, n in steps.items() if n is None]:
+        print(f"{key}: skipped, no steps in the manifest yet (its first training calibrates them: --calibrate)")
+    return {k: n for k, n in steps.items() if n is not None}
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     manifest = load_manifest(args.manifest)
     jobs = manifest.select(args.only, args.group)
     root = Path(args.output_root)
     started = time.time()
-    if args.calibrate:
-        rates = calibrate(jobs, root, args.device, args.calibrate)
-        for key in [k for k, r in rates.items() if r <= 0]:  # crashed or never started: report, do not retrain
-            log = root / "logs" / "calibration" / f"{key}.log"
-            print(f"{key}: no training steps while calibrating; log tail:", flush=True)
-            print("\n".join(log.read_text(errors="replace").splitlines()[-6:]) if log.is_file() else "(no log)")
-        jobs = [j for j in jobs if rates[j.key] > 0]
-        rates = {j.key: rates[j.key] for j in jobs}
-        remaining = args.budget_minutes * 60 - (time.time() - started)
-        steps: dict[str, int | None] = dict(choose_steps(rates, remaining))
-        results.atomic_write_json(root / "calibration.json", {"rates": rates, "steps": steps, "budget_s": remaining})
-        print(json.dumps({"rates": rates, "steps": steps}), flush=True)
-        deadline = started + args.budget_minutes * 60 + args.grace_minutes * 60
-    else:
-        steps = {j.key: (args.steps or j.steps) for j in jobs}
-        for j in [j for j in jobs if steps[j.key] is None]:
-            print(f"{j.key}: skipped, no steps in the manifest yet (its first training calibrates them: --calibrate)")
-        jobs = [j for j in jobs if steps[j.key] is not None]
-        deadline = None
+    steps = calibrated_steps(jobs, root, args, started) if args.calibrate else manifest_steps(jobs, args.steps)
+    deadline = started + (args.budget_minutes + args.grace_minutes) * 60 if args.calibrate else None
+    jobs = [j for j in jobs if j.key in steps]
     plan = [(j.key, j, root) for j in jobs]
     plan += [(f"{j.key}.repro", j, root / "repro") for j in jobs if j.key in args.repro]
     runs = train_all(plan, args.device, steps, args.parallel or len(plan), deadline)
