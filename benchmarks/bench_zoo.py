@@ -16,26 +16,20 @@ import time
 
 import torch
 from demo_setup import pure_forward_rate
-from omegaconf import OmegaConf
 
 from cemap import ROI, CausalEffectMap, Fixed
-from cemap.config import CONF_DIR, compose_config
+from cemap.config import compose_config
 from cemap.data import center_crop, default_patch_bank, embedded_image
 from cemap.imageio import to_tensor
 from cemap.run import build_model
 from cemap.zoo.manifest import load_manifest
+from cemap.zoo.quality import task_of
 
 SIZE, BLOCK, DRAWS, ROI_SIZE = 128, 8, 8, 32
 
 
 def preset(name: str) -> torch.nn.Module:
     return build_model(compose_config("run", [f"model={name}"]).model)[0].eval()
-
-
-def task_of(name: str):  # type: ignore[no-untyped-def]
-    import hydra
-
-    return hydra.utils.instantiate(OmegaConf.load(CONF_DIR / "task" / f"{name}.yaml"))
 
 
 def timed_map(model: torch.nn.Module, task_name: str) -> tuple[int, float]:

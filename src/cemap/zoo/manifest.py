@@ -12,7 +12,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from cemap.config import CONF_DIR
+from cemap.config import CONF_DIR, TrainedRef, training_overrides
 
 MANIFEST = CONF_DIR / "zoo" / "bench.yaml"
 FLOOR_KINDS = ("dn", "sr", "sweep", "mix", "baseline")
@@ -47,13 +47,9 @@ class Job:
         n = steps if steps is not None else self.steps
         if n is None:
             raise ValueError(f"{self.key}: no steps in the manifest; calibrate first (experiments/train_zoo.py)")
-        args = [f"model={self.model}", f"train={self.schedule}", f"data={self.data}", f"seed={self.seed}",
-                f"train.steps={n}", f"device={device}", f"output_root={output_root}", "progress=false"]
-        if self.mix:
-            args.append("++mix={" + ", ".join(f"{k}: {v}" for k, v in self.mix.items()) + "}")
-        else:
-            args.append(f"task={self.task}")
-        return args
+        trained = TrainedRef(schedule=self.schedule, mix=self.mix or {}, data=self.data)
+        return [*training_overrides(self.model, str(self.task), trained, str(output_root)), f"seed={self.seed}",
+                f"train.steps={n}", f"device={device}", "progress=false"]
 
 
 @dataclass
