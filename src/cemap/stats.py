@@ -7,11 +7,12 @@ reported separately under ``paper_*`` names.
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Any
 
 import numpy as np
 
-from cemap.results import STATUS_NOT_COMPUTED, CEMResult
+from cemap.results import STATUS_NOT_COMPUTED, STATUS_SCREENED, CEMResult
 
 RADIUS_MASS = 0.9
 """Share of the total absolute effect that the effective radius must hold."""
@@ -85,3 +86,113 @@ def summarize(result: CEMResult) -> dict[str, Any]:
         "forwards": result.total_forwards,
     }
 
+
+
+# --- per-map statistics that experiments test (names validated when a config is composed) --------------------------
+
+
+class Statistic(str, Enum):
+    """Names a test may use: per-map statistics (``MAP_STATISTICS``) and two-map ones (``PAIR_STATISTICS``)."""
+
+    origin_psnr = "origin_psnr"
+    image_psnr = "image_psnr"
+    receptive_radius_px = "receptive_radius_px"
+    far_mass_fraction = "far_mass_fraction"
+    far_excess_power = "far_excess_power"
+    far_rms_effect = "far_rms_effect"
+    effective_radius_px = "effective_radius_px"
+    significant_fraction = "significant_fraction"
+    n_significant = "n_significant"
+    n_negative = "n_negative"
+    negative_mass_fraction = "negative_mass_fraction"
+    max_abs_effect = "max_abs_effect"
+    map_correlation = "map_correlation"
+    missed_fraction = "missed_fraction"
+
+
+def pixel_gap(result: CEMResult) -> np.ndarray:
+    """Per block, the Chebyshev distance in pixels from its nearest pixel to the nearest ROI pixel (0 inside)."""
+    roi = result.meta["roi"]
+    b = int(result.meta["block_size"])
+    h, w = result.meta["image_size"]
+    rows, cols = result.shape
+    y0 = np.arange(rows)[:, None] * b
+    y1 = np.minimum(y0 + b, h) - 1
+    x0 = np.arange(cols)[None, :] * b
+    x1 = np.minimum(x0 + b, w) - 1
+    gy = np.maximum(np.maximum(roi["y"] - y1, y0 - (roi["y"] + roi["size"] - 1)), 0)
+    gx = np.maximum(np.maximum(roi["x"] - x1, x0 - (roi["x"] + roi["size"] - 1)), 0)
+    return np.maximum(gy, gx)
+
+
+def far_mask(result: CEMResult, radius_px: int) -> np.ndarray:
+    """Computed blocks whose every pixel lies more than ``radius_px`` from the ROI (in the input's pixels)."""
+    return (pixel_gap(result) > radius_px) & (result.status != STATUS_NOT_COMPUTED)
+
+
+def far_mass_fraction(result: CEMResult, radius_px: int) -> float:
+    """Share of the significant |effect| mass in blocks more than ``radius_px`` pixels from the ROI."""
+    computed = result.status != STATUS_NOT_COMPUTED
+    mass = np.where(result.significant & computed, np.abs(np.nan_to_num(result.effects)), 0.0)
+    total = mass.sum()
+    return float(mass[far_mask(result, radius_px)].sum() / total) if total > 0 else 0.0
+
+
+def far_excess_power(result: CEMResult, radius_px: int) -> float:
+    """Mean over far blocks of ``effect**2 - SE**2`` (dB^2): an unbiased estimate of the far blocks' mean squared
+    true effect, because an estimated effect's square exceeds the true one's by its variance on average. Unlike
+    counts of significant blocks it adds up effects too small to pass a threshold one block at a time; it is 0 in
+    expectation for a model that does not reach beyond ``radius_px``. NaN when no far block has a standard error."""
+    far = far_mask(result, radius_px) & np.isfinite(result.se) & np.isfinite(result.effects)
+    if not far.any():
+        return float("nan")
+    return float(np.mean(result.effects[far] ** 2 - result.se[far] ** 2))
+
+
+def map_statistics(result: CEMResult, local_radius_px: int, radius_mass: float = RADIUS_MASS) -> dict[str, float]:
+    """Every per-map statistic of ``Statistic`` for one map (``local_radius_px``: where "far" starts;
+    ``radius_mass``: the share of the |effect| mass the effective radius holds)."""
+    outside = ~result.roi_mask & (result.status != STATUS_NOT_COMPUTED)
+    eff = np.nan_to_num(result.effects)
+    sig = result.significant & outside
+    neg, pos = sig & (eff < 0), sig & (eff > 0)
+    neg_mass, pos_mass = float(-eff[neg].sum()), float(eff[pos].sum())
+    radius = effective_radius(result, radius_mass)
+    info = result.meta.get("model_info") or {}
+    theoretical = info.get("receptive_radius")
+    excess = far_excess_power(result, local_radius_px)
+    return {
+        "origin_psnr": result.origin,
+        "image_psnr": float(result.meta.get("image_psnr", float("nan"))),
+        "receptive_radius_px": float("nan") if theoretical is None else float(theoretical * info.get("scale", 1)),
+        "far_mass_fraction": far_mass_fraction(result, local_radius_px),
+        "far_excess_power": excess,
+        "far_rms_effect": float(np.sqrt(max(excess, 0.0))) if np.isfinite(excess) else float("nan"),
+        "effective_radius_px": float("nan") if radius is None else float(radius * int(result.meta["block_size"])),
+        "significant_fraction": float(sig.sum() / max(outside.sum(), 1)),
+        "n_significant": float(sig.sum()),
+        "n_negative": float(neg.sum()),
+        "negative_mass_fraction": neg_mass / (neg_mass + pos_mass) if neg_mass + pos_mass > 0 else 0.0,
+        "max_abs_effect": float(np.abs(eff[outside]).max()) if outside.any() else 0.0,
+    }
+
+
+def map_correlation(a: CEMResult, b: CEMResult) -> float:
+    """Pearson correlation of two maps of the same grid (how much a setting changes the map)."""
+    x, y = np.nan_to_num(a.effects).ravel(), np.nan_to_num(b.effects).ravel()
+    if x.std() == 0 or y.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def missed_fraction(screened: CEMResult, exhaustive: CEMResult) -> float:
+    """Of the blocks the coarse-to-fine rule screened out (effect set to 0), the share that the exhaustive map finds
+    significant: how often the paper's rule misses a real effect."""
+    skipped = screened.status == STATUS_SCREENED
+    if not skipped.any():
+        return 0.0
+    return float((exhaustive.significant & skipped).sum() / skipped.sum())
+
+
+PAIR_STATISTICS = {"map_correlation": map_correlation, "missed_fraction": missed_fraction}
+"""Statistics of two maps of the same image and ROI (a test's paired subjects), rather than differences."""
