@@ -1,18 +1,21 @@
 """Run one of the paper's insights end to end: train what is missing, sweep the maps, analyse, report.
 
-    python experiments/runner.py dn_channel_attention                 # PROFILE=tiny: CPU, embedded data
-    python experiments/runner.py dn_channel_attention --profile paper --images-dir DIR   # CKPT_DIR=... on a GPU
+    python experiments/runner.py dn_channel_attention                 # PROFILE=tiny: trains tiny models, 64 px crops
+    python experiments/runner.py dn_channel_attention --profile bench # the shipped bench zoo, 128 px crops, no training
+    python experiments/runner.py dn_channel_attention --profile paper --images A.png B.png   # CKPT_DIR=... on a GPU
     python experiments/runner.py dn_channel_attention --smoke --output-root /tmp/x --results-dir /tmp/x/results
 
 Every step is a visible command (printed with a leading ``$``): ``python -m cemap.train`` for each model not yet in
 the training cache, ``python -m cemap.run -m experiment=<name>`` for the sweep (jobs that already finished are
-answered from the map cache), then the analysis, which writes ``results/<name>/`` (summary.csv, summary.md,
-verdict.json, figures, report.html) and prints the verdict table.
+answered from the map cache), then the analysis, which writes ``results/<name>/<profile>/`` (summary.csv,
+summary.md, verdict.json, figures, report.html) and prints the verdict table with the controls' verdicts. Subjects
+whose inputs are missing here (bench weights not shipped yet, files only ../shared has) are skipped with the reason.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import subprocess
@@ -22,7 +25,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from cemap.analysis import load_sweep, write_report
+from cemap.analysis import analyse as analyse_maps
+from cemap.analysis import load_sweep
+from cemap.report import write_report
 from cemap.config import compose_config, training_overrides
 from cemap.train import FINAL, run_dir
 
@@ -37,33 +42,65 @@ def sh(cmd: list[str]) -> None:
         raise SystemExit(f"command failed with exit code {code}")
 
 
+PROFILES = ("tiny", "bench", "paper")
+SUBJECT_PREFIX = {"tiny": "", "bench": "b_", "paper": "p_"}
+"""A profile's subjects are the tiny subjects' names with this prefix (b_dn_rcan_ca plays dn_rcan_ca), so one set of
+tests serves every profile; controls (ctl_*) are the same everywhere."""
+SWEEP_KEYS = {"images": "experiment.images", "crop": "crop", "rois": "rois", "estimator": "cem.estimator",
+              "n_samples": "cem.n_samples", "block_size": "cem.block_size"}
+
+
 def base_overrides(args: argparse.Namespace, subjects: list[str] | None = None) -> list[str]:
     out = [f"experiment={args.experiment}", f"output_root={args.output_root}", f"profile={args.profile}"]
     if args.smoke:
         out.append("debug=smoke")
-    if args.profile == "paper":
-        out += ["experiment.subjects=${experiment.paper.subjects}", "crop=${experiment.paper.crop}",
-                "rois=${experiment.paper.rois}", "cem.estimator=${experiment.paper.estimator}",
-                "cem.n_samples=${experiment.paper.n_samples}"]
-        if args.images:
-            out.append("experiment.images=[" + ",".join(args.images) + "]")
+    if args.profile != "tiny":
+        out += profile_overrides(compose_config("run", out).experiment[args.profile], args.images)
     if subjects is not None:
         out.append("experiment.subjects=[" + ",".join(subjects) + "]")
     return out
+
+
+def profile_overrides(sweep_node, images: list[str] | None = None) -> list[str]:  # type: ignore[no-untyped-def]
+    """Overrides that turn the tiny sweep into a profile's (``experiment.bench`` or ``.paper``): its subjects, images,
+    crop (null: whole images), ROIs, estimator, draws and block size."""
+    node = OmegaConf.to_container(sweep_node, resolve=True)
+    assert isinstance(node, dict)
+    node["images"] = list(images) if images else node["images"]
+    unset = [k for k in SWEEP_KEYS if k != "crop" and node.get(k) is None]
+    if not node["subjects"] or unset:
+        raise SystemExit(f"this experiment does not define that profile (no subjects, or no {', '.join(unset)})")
+    out = ["experiment.subjects=[" + ",".join(node["subjects"]) + "]"]
+    return out + [f"{target}={json.dumps(node[key])}" for key, target in SWEEP_KEYS.items()]
 
 
 def experiment_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return compose_config("run", base_overrides(args), with_choices=True)
 
 
+def missing_input(cfg) -> str | None:  # type: ignore[no-untyped-def]
+    """Why a subject cannot run here (a file only ../shared has, bench weights that do not ship yet), or None."""
+    needs = cfg.subject.get("requires") if cfg.subject else None
+    if needs and not (REPO / str(needs)).exists() and not Path(str(needs)).exists():
+        return f"{needs} not found"
+    if cfg.weights == "zoo":
+        from cemap import zoo
+
+        task = "mix" if cfg.trained.mix else cfg._choices["task"]
+        try:
+            zoo.find(cfg._choices["model"], cfg.zoo_seed, task)
+        except zoo.ZooError:
+            return f"{cfg._choices['model']} ({task}, seed {cfg.zoo_seed}) is not in the shipped bench zoo yet"
+    return None
+
+
 def available(args: argparse.Namespace, subjects: list[str]) -> list[str]:
-    """The subjects whose required inputs exist (e.g. the authors' DIV2K pool only where ../shared is present)."""
+    """The subjects whose inputs exist here; the others are listed with the reason."""
     keep = []
     for subject in subjects:
-        cfg = compose_config("run", [*base_overrides(args), f"subject={subject}"], with_choices=True)
-        needs = cfg.subject.get("requires") if cfg.subject else None
-        if needs and not (REPO / str(needs)).exists() and not Path(str(needs)).exists():
-            print(f"  {subject}: skipped, {needs} not found", flush=True)
+        reason = missing_input(compose_config("run", [*base_overrides(args), f"subject={subject}"], with_choices=True))
+        if reason:
+            print(f"  {subject}: skipped, {reason}", flush=True)
             continue
         keep.append(subject)
     return keep
@@ -82,27 +119,46 @@ def train_missing(args: argparse.Namespace, subjects: list[str]) -> None:
 
 
 def sweep(args: argparse.Namespace, subjects: list[str]) -> None:
-    cmd = [sys.executable, "-m", "cemap.run", "-m", *base_overrides(args, subjects), f"logger={args.logger}"]
+    cmd = [sys.executable, "-m", "cemap.run", "-m", *base_overrides(args, subjects), f"logger={args.logger}",
+           f"hydra.sweep.dir={sweep_folder(args, args.experiment)}"]
     if args.jobs > 1:
         cmd += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.jobs}"]
     sh(cmd)
 
 
+def sweep_folder(args: argparse.Namespace, name: str) -> Path:
+    """Where the sweep's maps go: one folder per experiment and profile (smoke runs apart)."""
+    suffix = "-smoke" if args.smoke else "" if args.profile == "tiny" else f"-{args.profile}"
+    return Path(args.output_root) / "experiments" / f"{name}{suffix}"
+
+
+def canonical(subject: str, profile: str) -> str:
+    """The name the tests use for a profile's subject (b_dn_rcan_ca -> dn_rcan_ca)."""
+    prefix = SUBJECT_PREFIX[profile]
+    return subject[len(prefix):] if prefix and subject.startswith(prefix) else subject
+
+
 def analyse(args: argparse.Namespace, cfg, subjects: list[str]) -> dict:  # type: ignore[no-untyped-def]
-    experiment = OmegaConf.to_container(cfg.experiment, resolve=True)
+    experiment = OmegaConf.to_container(cfg.experiment, resolve=True, enum_to_str=True)
     assert isinstance(experiment, dict)
-    experiment["subjects"] = subjects
-    sweep_dir = Path(args.output_root) / "experiments" / (experiment["name"] + ("-smoke" if args.smoke else ""))
+    experiment["subjects"] = [canonical(s, args.profile) for s in subjects]
+    if args.profile != "tiny" and experiment[args.profile].get("local_radius_px") is not None:
+        experiment["expected"]["local_radius_px"] = experiment[args.profile]["local_radius_px"]
+    folder = sweep_folder(args, experiment["name"])
     wanted_images = {Path(i.split("embedded:")[-1]).stem for i in experiment["images"]}
-    records = [r for r in load_sweep(sweep_dir) if r.subject in experiment["subjects"] and r.image in wanted_images]
+    records = [r for r in load_sweep(folder) if r.subject in subjects and r.image in wanted_images]
     if not records:
-        raise SystemExit(f"no maps found under {sweep_dir}; run the sweep first")
-    out = Path(args.results_dir or REPO / "results" / experiment["name"])
-    verdict = write_report(out, experiment, records)
-    print(f"\n{experiment['name']}: {verdict['verdict']}  ({verdict['maps']} maps)")
+        raise SystemExit(f"no maps found under {folder}; run the sweep first")
+    for r in records:
+        r.subject = canonical(r.subject, args.profile)
+    out = Path(args.results_dir or REPO / "results" / experiment["name"] / args.profile)
+    verdict = write_report(out, analyse_maps(experiment, records))
+    print(f"\n{experiment['name']} ({args.profile}): {verdict['verdict']}  ({verdict['maps']} maps)")
     for t in [*verdict["tests"], *verdict["contrasts"]]:
+        controls = ", ".join(f"{role} {c['verdict']}" for role, c in t["controls"].items()) or "no controls"
         print(f"  {t['verdict']:14s} {t['name']}: {t['statistic']} of {t['what']} = {t['mean']:.4g} "
-              f"[{t['low']:.4g}, {t['high']:.4g}] (n={t['n']}), threshold {t['threshold']}")
+              f"[{t['low']:.4g}, {t['high']:.4g}] (n={t['n']} crops), threshold {t['threshold']}; {controls}; "
+              f"resolves +/-{t['half_width']:.3g}")
     print(f"report: {out / 'report.html'}\nsummary: {out / 'summary.md'}")
     if args.logger == "wandb":
         log_summary_run(experiment, verdict, out)
@@ -127,7 +183,7 @@ def log_summary_run(experiment: dict, verdict: dict, out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("experiment")
-    parser.add_argument("--profile", choices=["tiny", "paper"], default=os.environ.get("PROFILE", "tiny"))
+    parser.add_argument("--profile", choices=PROFILES, default=os.environ.get("PROFILE", "tiny"))
     parser.add_argument("--smoke", action="store_true", help="debug=smoke: a few steps and tiny images (tests)")
     parser.add_argument("--stage", choices=["all", "train", "maps", "analyse"], default="all")
     parser.add_argument("--jobs", type=int, default=1, help="parallel sweep jobs (joblib launcher)")

@@ -28,13 +28,20 @@ def test_experiment_states_its_claim_and_composes_for_every_subject(experiment: 
     expected = cfg.experiment.expected
     assert expected.claim and (expected.tests or expected.contrasts)
     for test in expected.tests:
-        assert ("supported_below" in test) != ("supported_above" in test), test.name
+        assert (test.supported_below is None) != (test.supported_above is None), test.name
     assert len(cfg.experiment.images) >= 4 and len(cfg.rois) >= 3
-    for profile_subjects in (cfg.experiment.subjects, cfg.experiment.paper.subjects):
+    bench = cfg.experiment.bench
+    for profile_subjects in (cfg.experiment.subjects, cfg.experiment.paper.subjects, bench.subjects):
         for subject in profile_subjects:
             sub = compose_config("run", [f"experiment={experiment}", f"subject={subject}"])
             assert sub.subject.name == subject
-            assert sub.ckpt or sub.trained.schedule, f"{subject} has neither a checkpoint nor a training schedule"
+            weights = sub.ckpt or sub.trained.schedule or sub.weights == "zoo" or sub.subject.group == "control"
+            assert weights, f"{subject} has no checkpoint, training schedule or zoo weights and is not a control"
+            assert subject in bench.subjects or sub.weights != "zoo", f"{subject}: zoo weights outside the bench"
+    if bench.subjects:  # the bench geometry (issue "Insights decided with power")
+        assert len(bench.images) >= 12 and len({i.split("@")[0] for i in bench.images}) >= 5
+        assert bench.crop >= 128 and len(bench.rois) >= 3 and all(r[2] == 32 for r in bench.rois)
+        assert all(s.startswith(("b_", "ctl_")) for s in bench.subjects)
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -50,8 +57,8 @@ def test_experiment_smoke_run_through_the_runner(experiment: str, tmp_path: Path
     for name in OUTPUT_FILES:
         assert (results_dir / name).is_file(), name
     verdict = json.loads((results_dir / "verdict.json").read_text())
-    assert verdict["verdict"] in ("SUPPORTED", "NOT SUPPORTED", "INCONCLUSIVE")
-    assert f"{experiment}: {verdict['verdict']}" in proc.stdout
+    assert verdict["verdict"] in ("SUPPORTED", "NOT SUPPORTED", "INCONCLUSIVE", "NO POWER")
+    assert f"{experiment} (tiny): {verdict['verdict']}" in proc.stdout
 
 
 def run_sweep(out: Path, *extra: str) -> list[dict]:

@@ -38,7 +38,7 @@ def _family(preset: str) -> str | None:
     return None if target is None or preset == "auto" else target.rsplit(".", 1)[-1]
 
 
-CONTROLS = {"ControlDenoiser"}
+CONTROLS = {"ControlRestorer"}
 """Control models (cemap.models.controls): untrained and small by construction, no paper or tiny size."""
 
 

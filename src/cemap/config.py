@@ -16,6 +16,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 from cemap.estimators import EstimatorSettings
+from cemap.stats import RADIUS_MASS, Statistic
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 """The repository's ``conf/`` (cemap is installed in editable mode, so configs stay in the checkout)."""
@@ -116,6 +117,66 @@ class WandbRunConfig:
 
 
 @dataclass
+class TestSpec:
+    """A pre-stated test (``cemap.verdicts``): ``statistic`` over ``subjects``, or over ``pairs`` (a - b), against
+    ``supported_below`` / ``supported_above``. ``controls``: ``positive`` / ``negative`` -> subjects (or pairs) built
+    to have / not to have the claimed property; a misspelt statistic fails when the config is composed."""
+
+    name: str = MISSING
+    statistic: Statistic = MISSING
+    subjects: list[str] = field(default_factory=list)
+    pairs: list[list[str]] = field(default_factory=list)
+    supported_below: Optional[float] = None
+    supported_above: Optional[float] = None
+    abs: bool = False
+    description: str = ""
+    controls: dict[str, list[Any]] = field(default_factory=dict)
+
+
+@dataclass
+class ExpectedConfig:
+    """The claim, its tests and every constant that changes a verdict: ``local_radius_px`` (where "far" starts),
+    ``radius_mass`` (share of the |effect| mass the effective radius holds), the interval's level, bootstrap draws
+    and seed, and the sampling unit (``crop`` or ``photograph``)."""
+
+    claim: str = MISSING
+    local_radius_px: int = 8
+    radius_mass: float = RADIUS_MASS
+    ci_level: float = 0.95
+    n_boot: int = 2000
+    boot_seed: int = 0
+    cluster: str = "crop"
+    tests: list[TestSpec] = field(default_factory=list)
+    contrasts: list[TestSpec] = field(default_factory=list)
+
+
+@dataclass
+class ProfileSweep:
+    """What a profile other than ``tiny`` changes in an experiment's sweep (``experiment.paper``, ``.bench``);
+    None keeps the tiny value."""
+
+    subjects: list[str] = field(default_factory=list)
+    images: Optional[list[str]] = None
+    crop: Optional[int] = None
+    rois: Optional[list[list[int]]] = None
+    estimator: Optional[str] = None
+    n_samples: Optional[int] = None
+    block_size: Optional[int] = None
+    local_radius_px: Optional[int] = None  # where "far" starts at this profile (the receptive radius of its local CNN)
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = MISSING
+    insight: Any = None
+    subjects: list[str] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)
+    paper: ProfileSweep = field(default_factory=ProfileSweep)
+    bench: ProfileSweep = field(default_factory=ProfileSweep)
+    expected: ExpectedConfig = field(default_factory=ExpectedConfig)
+
+
+@dataclass
 class RunConfig:
     model: Any = MISSING
     task: Any = MISSING
@@ -139,7 +200,7 @@ class RunConfig:
     logger: str = "none"
     wandb: WandbRunConfig = field(default_factory=WandbRunConfig)
     subject: Any = None
-    experiment: Any = None
+    experiment: Optional[ExperimentConfig] = None
     profile: str = "tiny"
 
 

@@ -7,11 +7,16 @@ interventions cut from the very image being explained.
 |---|---|
 | train | astronaut, hubble_deep_field, immunohistochemistry, retina |
 | test  | chelsea, coffee, rocket, motorcycle (left view of ``stereo_motorcycle``) |
+| extra test | grace_hopper (matplotlib's sample photograph; bench sweeps only, not in the zoo's evaluation set) |
+
+An image spec ``embedded:<name>@y<Y>x<X>`` names the crop whose top-left corner is (Y, X), of the run's ``crop``
+size; without ``@`` the crop is central.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -26,15 +31,23 @@ log = logging.getLogger(__name__)
 
 EMBEDDED_TRAIN: tuple[str, ...] = ("astronaut", "hubble_deep_field", "immunohistochemistry", "retina")
 EMBEDDED_TEST: tuple[str, ...] = ("chelsea", "coffee", "rocket", "motorcycle")
+EXTRA_TEST: tuple[str, ...] = ("grace_hopper",)
+"""Photographs shipped by other installed packages, never used for training (matplotlib's sample data)."""
 EMBEDDED_PREFIX = "embedded:"
+CROP_AT = re.compile(r"^(?P<source>.+)@y(?P<y>\d+)x(?P<x>\d+)$")
 
 
 def embedded_image(name: str) -> np.ndarray:
     """One embedded image as H x W x 3 uint8, loaded from scikit-image's wheel (never through pooch)."""
     from skimage import data as skdata
 
-    if name not in EMBEDDED_TRAIN + EMBEDDED_TEST:
-        raise ValueError(f"unknown embedded image {name!r}; choose one of {sorted(EMBEDDED_TRAIN + EMBEDDED_TEST)}")
+    known = EMBEDDED_TRAIN + EMBEDDED_TEST + EXTRA_TEST
+    if name not in known:
+        raise ValueError(f"unknown embedded image {name!r}; choose one of {sorted(known)}")
+    if name == "grace_hopper":
+        import matplotlib.cbook
+
+        return read_image(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
     image = skdata.stereo_motorcycle()[0] if name == "motorcycle" else getattr(skdata, name)()
     return to_rgb8(image, what=name)
 
@@ -46,13 +59,30 @@ def embedded_split(split: str) -> dict[str, np.ndarray]:
     return {n: embedded_image(n) for n in names}
 
 
-def load_image(spec: str | Path) -> tuple[np.ndarray, str]:
-    """An image and a short name for it, from ``embedded:<name>`` or a file path."""
+def load_image(spec: str | Path, crop: int | None = None, multiple: int = 1) -> tuple[np.ndarray, str]:
+    """An image and a short name for it, from ``embedded:<name>`` or a file path, cropped to ``crop`` (centrally,
+    or at the corner an ``@y<Y>x<X>`` suffix gives; the name keeps the suffix) and trimmed to a ``multiple``."""
     s = str(spec)
-    if s.startswith(EMBEDDED_PREFIX):
-        name = s[len(EMBEDDED_PREFIX) :]
-        return embedded_image(name), name
-    return read_image(s), Path(s).stem
+    at = CROP_AT.match(s)
+    source = at["source"] if at else s
+    if source.startswith(EMBEDDED_PREFIX):
+        name = source[len(EMBEDDED_PREFIX) :]
+        image = embedded_image(name)
+    else:
+        image, name = read_image(source), Path(source).stem
+    if at is None:
+        return center_crop(image, crop, multiple), name
+    return crop_at(image, crop, int(at["y"]), int(at["x"]), multiple), f"{name}@y{at['y']}x{at['x']}"
+
+
+def crop_at(image: np.ndarray, size: int | None, y: int, x: int, multiple: int = 1) -> np.ndarray:
+    """The ``size`` x ``size`` crop with top-left corner (y, x), trimmed to a ``multiple``; it must fit."""
+    h, w = image.shape[:2]
+    if size is None:
+        raise ValueError("an image spec with @y<Y>x<X> needs crop=<size>")
+    if y + size > h or x + size > w:
+        raise ValueError(f"crop {size} at (y={y}, x={x}) exceeds the {h}x{w} image")
+    return center_crop(image[y : y + size, x : x + size], None, multiple)
 
 
 def center_crop(image: np.ndarray, size: int | None, multiple: int = 1) -> np.ndarray:

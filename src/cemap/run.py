@@ -40,7 +40,7 @@ from cemap.config import (
     register_configs,
     training_overrides,
 )
-from cemap.data import center_crop, load_image, patch_bank_from_config
+from cemap.data import load_image, patch_bank_from_config
 from cemap.decomposition import PixelDecomposition, first_order_map
 from cemap.engine import CausalEffectMap, ModelOutputError, resolve_device
 from cemap.estimators import EstimatorSettings, make_estimator
@@ -49,6 +49,7 @@ from cemap.grid import ROI, BlockGrid, GeometryError
 from cemap.imageio import ImageError, to_tensor, to_uint8
 from cemap.lam import LAM
 from cemap.locality import LocalitySettings
+from cemap.metrics import psnr
 from cemap.patches import PatchBank, PatchBankError
 from cemap.results import CEMResult, ResultLockedError, ResultWriteError
 from cemap.stats import distance_map, summarize
@@ -149,8 +150,7 @@ def compute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     results.ensure_inside(cfg.output_root, run_dir)
     device = resolve_device(cfg.device)
     task = hydra.utils.instantiate(cfg.task)
-    image, image_name = load_image(cfg.image)
-    image = center_crop(image, cfg.crop, multiple=task.block_multiple)
+    image, image_name = load_image(cfg.image, cfg.crop, multiple=task.block_multiple)
     height, width = image.shape[:2]
     rois = roi_list(cfg)
     grid = BlockGrid(height, width, cfg.cem.block_size, scale=task.block_multiple)
@@ -213,6 +213,7 @@ def compute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             results.partial_path(cache).unlink(missing_ok=True)
 
     degraded = task.degrade(to_tensor(image), np.random.RandomState(cfg.seed))
+    whole = image_psnr(model, degraded, image, device)
     shown = np.repeat(np.repeat(to_uint8(degraded.image), task.scale, axis=0), task.scale, axis=1)
     bound = cfg.figure_bound if cfg.figure_bound is not None else task.display_bound
     per_roi = []
@@ -220,6 +221,7 @@ def compute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         # a cached map may have been computed for another subject with identical settings: label it as this job's
         result.meta["subject"] = OmegaConf.to_container(cfg.subject, resolve=True) if cfg.subject else None
         result.meta["experiment"] = cfg.experiment.name if cfg.experiment else None
+        result.meta["image_psnr"] = whole
         result.save(run_dir / folder)
         save_map_figure(result, run_dir / folder / results.FIGURE, shown, bound,
                         title=f"{model_name} / {task.name} / {image_name}  ROI ({roi.x},{roi.y},{roi.size})")
@@ -232,6 +234,16 @@ def compute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if cfg.logger == "wandb":
         log_to_wandb(cfg, run_dir, maps, folders, per_roi, model_name, task.name)
     return summary
+
+
+@torch.no_grad()
+def image_psnr(model: torch.nn.Module, degraded: Degraded, image: np.ndarray, device: torch.device) -> float:
+    """PSNR of the model's output over the whole image (next to the ROI PSNR of the maps; one forward pass)."""
+    was_training = model.training
+    model.eval().to(device)
+    out = model(degraded.image.unsqueeze(0).to(device))[0].float().clamp(0, 1).cpu()
+    model.train(was_training)
+    return float(psnr(out, to_tensor(image)).item())
 
 
 def gradient_views(cfg: DictConfig, model: torch.nn.Module, task: Task, image: np.ndarray, degraded: Degraded, roi: ROI,

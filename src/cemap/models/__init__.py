@@ -24,7 +24,7 @@ MODELS: dict[str, str] = {
     "swinir": "cemap.models.swinir:SwinIR",
     "restormer": "cemap.models.restormer:Restormer",
     "hat": "cemap.models.hat:HAT",
-    "control": "cemap.models.controls:ControlDenoiser",
+    "control": "cemap.models.controls:ControlRestorer",
 }
 
 AUTHOR_LAYOUTS: dict[str, tuple[str, dict[str, object]]] = {
