@@ -64,7 +64,8 @@ reproduce-derain: $(STAMP) ## Insight 2 carried to deraining -> results/dr_chann
 reproduce-multitask: $(STAMP) ## Insight 3: single-task vs multi-task models -> results/mt_multitask_locality
 	$(RUNNER) mt_multitask_locality --profile $(PROFILE)
 
-reproduce-ablations: $(STAMP) ## Block size, patch source, samples per block, coarse-to-fine rule -> results/ab_*
+reproduce-ablations: $(STAMP) ## Block size, patch source, samples per block, coarse-to-fine rule, power of the reach tests -> results/ab_*
+	$(RUNNER) ab_power --profile $(PROFILE)
 	$(RUNNER) ab_block_size --profile $(PROFILE)
 	$(RUNNER) ab_patch_source --profile $(PROFILE)
 	$(RUNNER) ab_samples --profile $(PROFILE)

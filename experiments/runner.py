@@ -55,23 +55,24 @@ def base_overrides(args: argparse.Namespace, subjects: list[str] | None = None) 
     if args.smoke:
         out.append("debug=smoke")
     if args.profile != "tiny":
-        out += profile_overrides(compose_config("run", out).experiment[args.profile], args.images)
+        node = compose_config("run", out).experiment[args.profile]
+        out += profile_overrides(node, args.images)
+        subjects = list(node.subjects) if subjects is None else subjects
     if subjects is not None:
         out.append("experiment.subjects=[" + ",".join(subjects) + "]")
     return out
 
 
 def profile_overrides(sweep_node, images: list[str] | None = None) -> list[str]:  # type: ignore[no-untyped-def]
-    """Overrides that turn the tiny sweep into a profile's (``experiment.bench`` or ``.paper``): its subjects, images,
-    crop (null: whole images), ROIs, estimator, draws and block size."""
+    """Overrides that turn the tiny sweep into a profile's (``experiment.bench`` or ``.paper``): its images, crop
+    (null: whole images), ROIs, estimator, draws and block size (its subjects: ``base_overrides``)."""
     node = OmegaConf.to_container(sweep_node, resolve=True)
     assert isinstance(node, dict)
     node["images"] = list(images) if images else node["images"]
     unset = [k for k in SWEEP_KEYS if k != "crop" and node.get(k) is None]
     if not node["subjects"] or unset:
         raise SystemExit(f"this experiment does not define that profile (no subjects, or no {', '.join(unset)})")
-    out = ["experiment.subjects=[" + ",".join(node["subjects"]) + "]"]
-    return out + [f"{target}={json.dumps(node[key])}" for key, target in SWEEP_KEYS.items()]
+    return [f"{target}={json.dumps(node[key])}" for key, target in SWEEP_KEYS.items()]
 
 
 def experiment_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]

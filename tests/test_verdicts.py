@@ -163,3 +163,14 @@ def test_far_excess_power_removes_the_estimator_noise() -> None:
     stats = map_statistics(zero, 8)
     assert stats["far_excess_power"] == 0.0 and stats["far_rms_effect"] == 0.0 and stats["far_mass_fraction"] == 0.0
     assert math.isnan(far_excess_power(synthetic_map(effects, np.full((4, 4), np.nan)), 8))
+
+
+def test_psnr_only_maps_have_psnrs_and_no_map_statistics() -> None:
+    from cemap.results import STATUS_NOT_COMPUTED
+
+    status = np.full((4, 4), STATUS_NOT_COMPUTED, np.uint8)
+    result = synthetic_map(np.full((4, 4), np.nan), np.full((4, 4), np.nan), status)
+    result.meta["image_psnr"] = 29.5
+    stats = map_statistics(result, 8)
+    assert stats["origin_psnr"] == 30.0 and stats["image_psnr"] == 29.5
+    assert math.isnan(stats["far_mass_fraction"]) and math.isnan(stats["n_negative"])

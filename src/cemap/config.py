@@ -66,6 +66,7 @@ class CEMConfig(EstimatorSettings):
     keep_samples: bool = False
     checkpoint_every_s: float = 30.0
     shard: Optional[str] = None  # "i/n": compute every n-th block from i; merge with python -m cemap.merge
+    psnr_only: bool = False  # no interventions: only the ROI and image PSNR (models that enter PSNR tests only)
 
 
 @dataclass

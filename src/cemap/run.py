@@ -157,7 +157,7 @@ def compute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     for roi in rois:
         grid.roi_mask(roi)
     estimator = make_estimator(cfg.cem.estimator, EstimatorSettings(**{f.name: cfg.cem[f.name] for f in fields(EstimatorSettings)}))
-    shard_blocks = results.parse_shard(cfg.cem.shard, len(grid)) if cfg.cem.shard else None
+    shard_blocks = [] if cfg.cem.psnr_only else results.parse_shard(cfg.cem.shard, len(grid)) if cfg.cem.shard else None
     bank = patch_bank_from_config(
         cfg.patches.source, cfg.cem.block_size, cfg.patches.path, cfg.patches.n_patches, cfg.patches.seed,
         cfg.patches.min_sharpness,

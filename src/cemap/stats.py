@@ -152,19 +152,22 @@ def far_excess_power(result: CEMResult, radius_px: int) -> float:
 def map_statistics(result: CEMResult, local_radius_px: int, radius_mass: float = RADIUS_MASS) -> dict[str, float]:
     """Every per-map statistic of ``Statistic`` for one map (``local_radius_px``: where "far" starts;
     ``radius_mass``: the share of the |effect| mass the effective radius holds)."""
+    info = result.meta.get("model_info") or {}
+    theoretical = info.get("receptive_radius")
+    psnrs = {"origin_psnr": result.origin, "image_psnr": float(result.meta.get("image_psnr", float("nan"))),
+             "receptive_radius_px": float("nan") if theoretical is None else float(theoretical * info.get("scale", 1))}
+    if (result.status == STATUS_NOT_COMPUTED).all():  # a PSNR-only run (cem.psnr_only): no map statistics
+        return {**psnrs, **{s.value: float("nan") for s in Statistic if s.value not in psnrs
+                            and s.value not in PAIR_STATISTICS}}
     outside = ~result.roi_mask & (result.status != STATUS_NOT_COMPUTED)
     eff = np.nan_to_num(result.effects)
     sig = result.significant & outside
     neg, pos = sig & (eff < 0), sig & (eff > 0)
     neg_mass, pos_mass = float(-eff[neg].sum()), float(eff[pos].sum())
     radius = effective_radius(result, radius_mass)
-    info = result.meta.get("model_info") or {}
-    theoretical = info.get("receptive_radius")
     excess = far_excess_power(result, local_radius_px)
     return {
-        "origin_psnr": result.origin,
-        "image_psnr": float(result.meta.get("image_psnr", float("nan"))),
-        "receptive_radius_px": float("nan") if theoretical is None else float(theoretical * info.get("scale", 1)),
+        **psnrs,
         "far_mass_fraction": far_mass_fraction(result, local_radius_px),
         "far_excess_power": excess,
         "far_rms_effect": float(np.sqrt(max(excess, 0.0))) if np.isfinite(excess) else float("nan"),
