@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from omegaconf import OmegaConf
@@ -145,3 +146,31 @@ def test_experiment_configs_are_flat_and_prefixed() -> None:
     for name in EXPERIMENTS:
         raw = OmegaConf.load(REPO / "conf" / "experiment" / f"{name}.yaml")
         assert set(raw) <= {"defaults", "experiment", "cem", "rois", "crop", "image"}, set(raw)
+
+
+def load_runner():  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("runner", REPO / "experiments" / "runner.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_profile_sets_the_geometry_and_skips_models_that_do_not_ship(tmp_path: Path) -> None:
+    runner = load_runner()
+    args = SimpleNamespace(experiment="dn_channel_attention", output_root=str(tmp_path), profile="bench", smoke=False,
+                           images=None)
+    overrides = runner.base_overrides(args)
+    assert "crop=128" in overrides and "cem.block_size=8" in overrides
+    assert any(o.startswith("experiment.subjects=[b_dn_dncnn,") for o in overrides)
+    cfg = compose_config("run", [*overrides, "subject=ctl_dn_reach"], with_choices=True)
+    assert cfg.crop == 128 and len(cfg.experiment.images) == 12 and runner.missing_input(cfg) is None
+    missing = runner.missing_input(compose_config("run", [*overrides, "subject=b_dn_rcan_ca_s2"], with_choices=True))
+    assert missing is None or "not in the shipped bench zoo" in missing  # skipped with its reason until it ships
+    assert runner.canonical("b_dn_rcan_ca_s1", "bench") == "dn_rcan_ca_s1"
+    assert runner.canonical("ctl_dn_local", "bench") == "ctl_dn_local"
+    assert runner.sweep_folder(args, "dn_channel_attention").name == "dn_channel_attention-bench"
+    with pytest.raises(SystemExit, match="does not define"):
+        runner.base_overrides(SimpleNamespace(**{**vars(args), "experiment": "ab_samples"}))
