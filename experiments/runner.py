@@ -71,7 +71,8 @@ def profile_overrides(sweep_node, images: list[str] | None = None) -> list[str]:
     node["images"] = list(images) if images else node["images"]
     unset = [k for k in SWEEP_KEYS if k != "crop" and node.get(k) is None]
     if not node["subjects"] or unset:
-        raise SystemExit(f"this experiment does not define that profile (no subjects, or no {', '.join(unset)})")
+        raise SystemExit(f"this experiment does not define that profile (no subjects, or no {', '.join(unset)}; "
+                         "the paper profile takes its images from --images)")
     return [f"{target}={json.dumps(node[key])}" for key, target in SWEEP_KEYS.items()]
 
 
