@@ -13,7 +13,7 @@ from typing import Any
 
 from cemap import results
 from cemap.results import CEMResult
-from cemap.stats import Statistic, map_statistics
+from cemap.stats import RADIUS_MASS, Statistic, map_statistics
 from cemap.verdicts import Estimate, Key, TestOutcome, VerdictSettings, evaluate, overall, run_tests
 
 
@@ -77,7 +77,7 @@ def analyse(experiment: dict[str, Any], records: Sequence[MapRecord]) -> Analysi
     """Statistics of every map, each model's estimates, and the experiment's tests and contrasts."""
     expected = experiment["expected"]
     settings = verdict_settings(expected)
-    radius, mass = int(expected.get("local_radius_px", 8)), float(expected.get("radius_mass", 0.9))
+    radius, mass = int(expected.get("local_radius_px", 8)), float(expected.get("radius_mass", RADIUS_MASS))
     subjects = [s for s in experiment["subjects"] if any(r.subject == s for r in records)]
     table = {(r.subject, r.image, r.roi): map_statistics(r.result, radius, mass) for r in records}
     maps = {(r.subject, r.image, r.roi): r.result for r in records}

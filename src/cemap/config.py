@@ -153,8 +153,8 @@ class ExpectedConfig:
 
 @dataclass
 class ProfileSweep:
-    """What a profile other than ``tiny`` changes in an experiment's sweep (``experiment.paper``, ``.bench``);
-    None keeps the tiny value."""
+    """What a profile other than ``tiny`` sets in an experiment's sweep (``experiment.paper``, ``.bench``): the runner
+    overrides every field (``crop`` null = whole images; the paper profile's images come from ``--images``)."""
 
     subjects: list[str] = field(default_factory=list)
     images: Optional[list[str]] = None
