@@ -52,6 +52,19 @@ def test_manifest_rejects_a_typo(tmp_path: Path) -> None:
         load_manifest(tmp_path / "bad.yaml")
 
 
+def test_steps_can_differ_per_seed_and_must_match_the_seeds(tmp_path: Path) -> None:
+    node = yaml.safe_load(MANIFEST.read_text())
+    entry = next(e for e in node["entries"] if len(e["seeds"]) == 3)
+    entry["steps"] = [100, 200, 300]
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(node))
+    steps = {j.seed: j.steps for j in load_manifest(tmp_path / "m.yaml").jobs if j.name == entry["name"]}
+    assert steps == {0: 100, 1: 200, 2: 300}
+    entry["steps"] = [100, 200]
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(node))
+    with pytest.raises(ValueError, match="2 steps for 3 seeds"):
+        load_manifest(tmp_path / "m.yaml")
+
+
 @pytest.mark.parametrize("record", SHIPPED, ids=[r["key"] for r in SHIPPED])
 def test_shipped_file_matches_its_record_loads_strictly_and_runs(record: dict) -> None:
     assert record["floor"]["met"], "a model that misses its floor must not ship"

@@ -73,6 +73,17 @@ class Manifest:
         raise KeyError(f"no bench job {key!r}; known: {', '.join(j.key for j in self.jobs)}")
 
 
+def _steps_per_seed(entry: dict) -> list[int | None]:
+    """An entry's steps, one per seed: a single number for all, or a list aligned with ``seeds`` (a GPU calibration
+    measures each seed's throughput, so seeds trained in one lease can get different step counts)."""
+    steps, seeds = entry.get("steps"), entry["seeds"]
+    if not isinstance(steps, list):
+        return [steps] * len(seeds)
+    if len(steps) != len(seeds):
+        raise ValueError(f"zoo entry {entry['name']}: {len(steps)} steps for {len(seeds)} seeds")
+    return [int(n) for n in steps]
+
+
 def load_manifest(path: str | Path = MANIFEST) -> Manifest:
     node = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     assert isinstance(node, dict)
@@ -83,8 +94,8 @@ def load_manifest(path: str | Path = MANIFEST) -> Manifest:
             raise ValueError(f"bad zoo entry {e}: unknown keys {sorted(unknown)}, floor must be one of {FLOOR_KINDS}, "
                              "and exactly one of task / mix")
         mix = dict(node["mix"]) if e.get("mix") else None
-        for seed in e["seeds"]:
-            jobs.append(Job(e["name"], e["model"], e.get("task"), mix, e["schedule"], e.get("steps"), int(seed),
+        for seed, steps in zip(e["seeds"], _steps_per_seed(e)):
+            jobs.append(Job(e["name"], e["model"], e.get("task"), mix, e["schedule"], steps, int(seed),
                             e["floor"], node["data"]))
     groups = {k: list(v) for k, v in node.get("groups", {}).items()}
     unknown = {n for names in groups.values() for n in names} - {j.name for j in jobs}
