@@ -7,6 +7,10 @@
     python experiments/train_zoo.py ship --from DIR        # CPU: evaluate exported weights against their floors,
                                                            # ship those that meet them, write results/zoo tables
     python experiments/train_zoo.py compare                # retrained (train's output) against the shipped records
+    python experiments/train_zoo.py train --device cuda --slice-minutes 7 --resume-from STATE --pack OUT
+                                                           # GPU lease after lease: committed steps, train for the
+                                                           # slice, pack finished weights and the unfinished jobs'
+                                                           # last.pth; the next lease resumes from the unpacked STATE
 
 ``make train-zoo`` runs ``train`` then ``compare``. Training goes through ``python -m cemap.train`` (one process per
 job, resumable, cached by config hash), so a killed run continues where it stopped.
@@ -27,13 +31,15 @@ from pathlib import Path
 
 from cemap import results
 from cemap.config import compose_config
-from cemap.train import EVAL, FINAL, METRICS, run_dir
+from cemap.train import EVAL, FINAL, LAST, METRICS, run_dir, training_key
 from cemap.zoo import WEIGHTS_DIR
 from cemap.zoo.export import export_weights
-from cemap.zoo.manifest import MANIFEST, Job, load_manifest
+from cemap.zoo.manifest import MANIFEST, Job, Manifest, load_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = "zoo_runs.json"
+LEASES = "leases.json"
+"""Per job, every time slice that trained it: machine, steps from and to, minutes (``<key>.leases.json``)."""
 MIN_USEFUL_STEPS = 700
 """Fewest steps whose EMA (decay 0.99, the bench schedules') forgets the random init below 0.1%."""
 
@@ -43,9 +49,10 @@ def job_dir(job: Job, root: Path, steps: int | None = None) -> Path:
     return run_dir(compose_config("training", job.train_overrides(root, steps=steps)))
 
 
-def launch(job: Job, root: Path, device: str, steps: int | None, log_dir: Path) -> subprocess.Popen:
+def launch(job: Job, root: Path, device: str, steps: int | None, log_dir: Path,
+           extra: tuple[str, ...] = ()) -> subprocess.Popen:
     log_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "cemap.train", *job.train_overrides(root, device, steps)]
+    cmd = [sys.executable, "-m", "cemap.train", *job.train_overrides(root, device, steps), *extra]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     out = open(log_dir / f"{job.key}.log", "ab")
     return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
@@ -90,30 +97,65 @@ def choose_steps(rates: dict[str, float], budget_s: float, safety: float = 0.8) 
 
 
 def train_all(plan: list[tuple[str, Job, Path]], device: str, steps: dict[str, int], parallel: int,
-              deadline: float | None) -> dict[str, dict]:
+              deadline: float | None, extra: tuple[str, ...] = ()) -> dict[str, dict]:
     """Train every (label, job, output root) of ``plan`` with at most ``parallel`` processes; returns per-label status
     (finished or not, where, steps done). A label differs from the job's key for a repeated job (``.repro``)."""
     pending, running, done = list(plan), {}, {}
     while pending or running:
         while pending and len(running) < parallel:
             label, j, root = pending.pop(0)
-            running[label] = (j, root, launch(j, root, device, steps[j.key], root / "logs"), time.time())
+            start = resume_step(job_dir(j, root, steps[j.key]))
+            running[label] = (j, root, launch(j, root, device, steps[j.key], root / "logs", extra), time.time(), start)
         time.sleep(1.0)
-        for label, (j, root, p, t0) in list(running.items()):
+        for label, (j, root, p, t0, start) in list(running.items()):
             late = deadline is not None and time.time() > deadline
             if p.poll() is None and not late:
                 continue
             stop(p)
-            final = job_dir(j, root, steps[j.key]) / FINAL
-            rows = list(csv.DictReader(open(final.parent / METRICS))) if (final.parent / METRICS).is_file() else []
-            done[label] = {"finished": final.is_file(), "dir": str(final.parent), "steps": steps[j.key],
-                           "steps_done": int(rows[-1]["step"]) if rows else 0,
-                           "wall_minutes": round((time.time() - t0) / 60, 2), "returncode": p.returncode,
-                           "log": str(root / "logs" / f"{j.key}.log")}
-            print(f"{label}: {'done' if final.is_file() else 'NOT finished'} ({done[label]['wall_minutes']} min)",
-                  flush=True)
+            done[label] = job_status(j, root, steps[j.key], p.returncode, start, t0)
+            print(f"{label}: {'done' if done[label]['finished'] else 'NOT finished'} at step "
+                  f"{done[label]['steps_done']} ({done[label]['wall_minutes']} min)", flush=True)
             del running[label]
     return done
+
+
+def resume_step(directory: Path) -> int:
+    """The step a job's training starts from: that of its ``last.pth`` (carried from an earlier lease), else 0."""
+    import torch
+
+    last = directory / LAST
+    return int(torch.load(last, map_location="cpu", weights_only=True)["iter"]) if last.is_file() else 0
+
+
+def job_status(job: Job, root: Path, steps: int, returncode: int | None, start: int, t0: float) -> dict:
+    final = job_dir(job, root, steps) / FINAL
+    rows = list(csv.DictReader(open(final.parent / METRICS))) if (final.parent / METRICS).is_file() else []
+    return {"finished": final.is_file(), "dir": str(final.parent), "steps": steps, "started_at": start,
+            "steps_done": int(rows[-1]["step"]) if rows else start,
+            "wall_minutes": round((time.time() - t0) / 60, 2), "returncode": returncode,
+            "log": str(root / "logs" / f"{job.key}.log")}
+
+
+def resume_from(jobs: list[Job], steps: dict[str, int], root: Path, state: Path) -> None:
+    """Put every carried ``<key>.last.pth`` (with the metrics and leases so far) where its job resumes; a checkpoint
+    of other settings (another step count, schedule, data) is refused rather than silently continued."""
+    import torch
+
+    for j in jobs:
+        carried = state / f"{j.key}.last.pth"
+        d = job_dir(j, root, steps[j.key])
+        if not carried.is_file() or (d / FINAL).is_file() or (d / LAST).is_file():
+            continue
+        config = torch.load(carried, map_location="cpu", weights_only=True)["config"]
+        from omegaconf import OmegaConf
+
+        if not d.name.endswith(training_key(OmegaConf.create(config))):
+            sys.exit(f"{carried}: trained with other settings than {j.key} at {steps[j.key]} steps; not resumed")
+        d.mkdir(parents=True, exist_ok=True)
+        for name, dest in ((f"{j.key}.last.pth", LAST), (f"{j.key}.{METRICS}", METRICS), (f"{j.key}.{LEASES}", LEASES)):
+            if (state / name).is_file():
+                results.atomic_write_bytes(d / dest, (state / name).read_bytes())
+        print(f"{j.key}: resumes from step {resume_step(d)} ({carried})", flush=True)
 
 
 def device_name(device: str) -> str:
@@ -125,20 +167,36 @@ def device_name(device: str) -> str:
 
 
 def export_all(runs: dict[str, dict], dest: Path) -> None:
-    """Shipped-format weights (+ the run's eval.json and metrics.csv) of every finished job into ``dest``."""
+    """Into ``dest``: the shipped-format weights (+ eval.json, metrics.csv, config, leases) of every finished job; the
+    ``last.pth`` (+ metrics, leases) of every job stopped on the way, for the next lease to resume; logs of failures."""
     dest.mkdir(parents=True, exist_ok=True)
     for key, info in runs.items():
-        if not info["finished"]:
-            log = Path(info["log"])
-            if log.is_file():
-                results.atomic_write_bytes(dest / f"{key}.log", log.read_bytes()[-20000:])
-            continue
         d = Path(info["dir"])
-        info["sha256"] = export_weights(d / FINAL, dest / f"{key}.safetensors")
-        for name in (EVAL, METRICS, "config.yaml"):
+        record_lease(d, info)
+        names: tuple[str, ...] = ()
+        if info["finished"]:
+            info["sha256"] = export_weights(d / FINAL, dest / f"{key}.safetensors")
+            names = (EVAL, METRICS, "config.yaml", LEASES)
+        elif (d / LAST).is_file():
+            names = (LAST, METRICS, LEASES)
+        for name in names:
             if (d / name).is_file():
                 results.atomic_write_bytes(dest / f"{key}.{name}", (d / name).read_bytes())
+        log = Path(info["log"])
+        if not info["finished"] and log.is_file():
+            results.atomic_write_bytes(dest / f"{key}.log", log.read_bytes()[-20000:])
     results.atomic_write_json(dest / RUNS, runs)
+
+
+def record_lease(directory: Path, info: dict) -> None:
+    """Append this run (machine, steps from and to, minutes) to the job's lease history, carried between leases."""
+    if not directory.is_dir():
+        return
+    path = directory / LEASES
+    history = json.loads(path.read_text()) if path.is_file() else []
+    history.append({"machine": info.get("machine", "unknown"), "from_step": info["started_at"],
+                    "to_step": info["steps_done"], "minutes": info["wall_minutes"]})
+    results.atomic_write_json(path, history)
 
 
 def pack(src: Path, out: Path, limit: int = 15 * 2**20) -> None:
@@ -158,7 +216,8 @@ def pack(src: Path, out: Path, limit: int = 15 * 2**20) -> None:
         tar.close()
 
 
-def calibrated_steps(jobs: list[Job], root: Path, args: argparse.Namespace, started: float) -> dict[str, int]:
+def calibrated_steps(jobs: list[Job], root: Path, args: argparse.Namespace, started: float,
+                     manifest: Manifest) -> dict[str, int]:
     """Steps per job that fit what is left of the budget at the rates measured with all jobs running; jobs that
     made no step (crashed, never started) are reported and left out."""
     rates = calibrate(jobs, root, args.device, args.calibrate)
@@ -168,7 +227,7 @@ def calibrated_steps(jobs: list[Job], root: Path, args: argparse.Namespace, star
         print("\n".join(log.read_text(errors="replace").splitlines()[-6:]) if log.is_file() else "(no log)")
     rates = {k: r for k, r in rates.items() if r > 0}
     remaining = args.budget_minutes * 60 - (time.time() - started)
-    steps = choose_steps(rates, remaining)
+    steps = manifest.equalise(choose_steps(rates, remaining))
     for key in [k for k, n in steps.items() if n < MIN_USEFUL_STEPS]:
         print(f"{key}: only {steps[key]} steps fit; below {MIN_USEFUL_STEPS} the EMA still holds >0.1% of the init "
               "at ema_decay 0.99 and the zoo will refuse it (train fewer jobs per lease: --group)", flush=True)
@@ -190,12 +249,16 @@ def cmd_train(args: argparse.Namespace) -> None:
     jobs = manifest.select(args.only, args.group)
     root = Path(args.output_root)
     started = time.time()
-    steps = calibrated_steps(jobs, root, args, started) if args.calibrate else manifest_steps(jobs, args.steps)
-    deadline = started + (args.budget_minutes + args.grace_minutes) * 60 if args.calibrate else None
+    steps = calibrated_steps(jobs, root, args, started, manifest) if args.calibrate else manifest_steps(jobs, args.steps)
     jobs = [j for j in jobs if j.key in steps]
+    if args.resume_from:
+        resume_from(jobs, steps, root, Path(args.resume_from))
+    minutes = args.slice_minutes or (args.budget_minutes if args.calibrate else None)
+    deadline = started + (minutes + args.grace_minutes) * 60 if minutes else None
+    extra = (f"max_minutes_this_run={args.slice_minutes}",) if args.slice_minutes else ()
     plan = [(j.key, j, root) for j in jobs]
     plan += [(f"{j.key}.repro", j, root / "repro") for j in jobs if j.key in args.repro]
-    runs = train_all(plan, args.device, steps, args.parallel or len(plan), deadline)
+    runs = train_all(plan, args.device, steps, args.parallel or len(plan), deadline, extra)
     machine = device_name(args.device)
     for info in runs.values():
         info["machine"] = machine
@@ -238,6 +301,9 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--budget-minutes", type=float, default=7.0)
     t.add_argument("--grace-minutes", type=float, default=1.0)
     t.add_argument("--repro", nargs="*", default=[], help="job keys trained twice (same seed, same device)")
+    t.add_argument("--slice-minutes", type=float, default=None,
+                   help="train every job for this long (committed steps), then stop with a checkpoint to resume")
+    t.add_argument("--resume-from", default=None, help="folder of <key>.last.pth from an earlier slice (unpacked)")
     t.add_argument("--pack", default=None, help="folder for zoo_<i>.tar parts of the exported weights")
     t.set_defaults(func=cmd_train)
     s = sub.add_parser("ship", help="evaluate exported weights on the CPU; write the package zoo and results/zoo")

@@ -25,8 +25,15 @@ def test_embedded_images_load_offline(no_network: None) -> None:
         assert img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.uint8 and min(img.shape[:2]) >= 256
 
 
+def test_gray_training_photographs_load_offline_as_rgb(no_network: None) -> None:
+    for name in data.EMBEDDED_TRAIN_GRAY:
+        img = data.embedded_image(name)
+        assert img.shape[2] == 3 and img.dtype == np.uint8 and min(img.shape[:2]) >= 128
+        assert np.array_equal(img[..., 0], img[..., 2])
+
+
 def test_split_is_disjoint() -> None:
-    assert not set(data.EMBEDDED_TRAIN) & set(data.EMBEDDED_TEST)
+    assert not (set(data.EMBEDDED_TRAIN) | set(data.EMBEDDED_TRAIN_GRAY)) & (set(data.EMBEDDED_TEST) | set(data.EXTRA_TEST))
     assert len(data.EMBEDDED_TEST) >= 4
 
 

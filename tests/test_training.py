@@ -66,6 +66,17 @@ def test_interrupted_training_resumes_to_identical_weights(tmp_path: Path) -> No
     assert all(torch.equal(plain_a[k], plain_b[k]) for k in plain_a)
 
 
+def test_a_time_slice_stops_with_a_checkpoint_and_resumes_to_identical_weights(tmp_path: Path) -> None:
+    whole = train(config(tmp_path / "a", "model=dncnn_tiny", "train.steps=6"))
+    sliced = train(config(tmp_path / "b", "model=dncnn_tiny", "train.steps=6", "max_minutes_this_run=1e-9"))
+    assert sliced.name == "last.pth" and torch.load(sliced, weights_only=True)["iter"] == 1
+    resumed = train(config(tmp_path / "b", "model=dncnn_tiny", "train.steps=6"))
+    a, b = read_checkpoint(whole), read_checkpoint(resumed)
+    assert resumed.name == "final.pth" and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="must be > 0"):
+        train(config(tmp_path / "c", "model=dncnn_tiny", "train.steps=6", "max_minutes_this_run=0"))
+
+
 def test_cache_hits_for_the_same_config_only(tmp_path: Path) -> None:
     cfg = config(tmp_path, "model=dncnn_tiny", "train.steps=3")
     final = train(cfg)

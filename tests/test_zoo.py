@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,15 @@ def test_steps_can_differ_per_seed_and_must_match_the_seeds(tmp_path: Path) -> N
         load_manifest(tmp_path / "m.yaml")
 
 
+def test_compared_entries_get_equal_calibrated_steps() -> None:
+    manifest = load_manifest()
+    steps = {j.key: 1000 + 100 * i for i, j in enumerate(manifest.jobs)}
+    equal = manifest.equalise(steps)
+    pair = [j.key for j in manifest.jobs if j.name in ("rcan_dn_bench", "rcan_dn_bench_no_ca")]
+    assert len(pair) == 6 and {equal[k] for k in pair} == {min(steps[k] for k in pair)}
+    assert equal["dncnn_bench-s0"] == steps["dncnn_bench-s0"]
+
+
 @pytest.mark.parametrize("record", SHIPPED, ids=[r["key"] for r in SHIPPED])
 def test_shipped_file_matches_its_record_loads_strictly_and_runs(record: dict) -> None:
     assert record["floor"]["met"], "a model that misses its floor must not ship"
@@ -111,7 +121,7 @@ def smoke_manifest(tmp_path: Path) -> Path:
     """The real manifest cut to one cheap model, with a floor it can meet after a few steps (machinery only)."""
     node = yaml.safe_load(MANIFEST.read_text())
     node["entries"] = [dict(e, steps=3, schedule="bench_smoke") for e in node["entries"] if e["name"] == "fsrcnn_bench_m2"]
-    node["groups"] = {}
+    node["groups"], node["equal_steps"] = {}, []
     node["floors"]["sweep_over_bicubic_min"] = -100.0
     node["eval"]["test_crop"] = 64
     path = tmp_path / "smoke.yaml"
@@ -152,6 +162,25 @@ def test_train_ship_load_compare_end_to_end(smoke_zoo: Path) -> None:
                  "--table", str(table), "--zoo-dir", str(dest), cwd=smoke_zoo)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "+0.000 | yes" in table.read_text()
+
+
+def test_time_slices_resume_lease_after_lease_to_the_uninterrupted_weights(smoke_zoo: Path, tmp_path: Path) -> None:
+    manifest, key = str(smoke_zoo / "smoke.yaml"), "fsrcnn_bench_m2-s0"
+    first = script("--manifest", manifest, "train", "--output-root", str(tmp_path / "lease1"), "--device", "cpu",
+                   "--slice-minutes", "1e-9", "--pack", str(tmp_path / "out"), cwd=tmp_path)
+    assert first.returncode == 0 and f"{key}: NOT finished at step 1" in first.stdout, first.stderr[-2000:]
+    for part in (tmp_path / "out").glob("zoo_*.tar"):
+        with tarfile.open(part) as tar:
+            tar.extractall(tmp_path / "state", filter="data")
+    assert (tmp_path / "state" / f"{key}.last.pth").is_file()
+    second = script("--manifest", manifest, "train", "--output-root", str(tmp_path / "lease2"), "--device", "cpu",
+                    "--resume-from", str(tmp_path / "state"), cwd=tmp_path)
+    assert second.returncode == 0 and f"{key}: resumes from step 1" in second.stdout, second.stderr[-2000:]
+    export = tmp_path / "lease2" / "export"
+    leases = json.loads((export / f"{key}.leases.json").read_text())
+    assert [(x["from_step"], x["to_step"]) for x in leases] == [(0, 1), (1, 3)]
+    whole = (smoke_zoo / "run" / "export" / f"{key}.safetensors").read_bytes()
+    assert (export / f"{key}.safetensors").read_bytes() == whole
 
 
 def test_a_model_below_its_floor_does_not_ship(smoke_zoo: Path, tmp_path: Path) -> None:

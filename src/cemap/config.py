@@ -251,6 +251,7 @@ class TrainConfig:
     output_root: str = "outputs"
     progress: bool = True
     max_steps_this_run: Optional[int] = None
+    max_minutes_this_run: Optional[float] = None  # stop (with a checkpoint) after this long; resume later: GPU leases
 
 
 def register_configs() -> None:

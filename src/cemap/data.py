@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 EMBEDDED_TRAIN: tuple[str, ...] = ("astronaut", "hubble_deep_field", "immunohistochemistry", "retina")
 EMBEDDED_TEST: tuple[str, ...] = ("chelsea", "coffee", "rocket", "motorcycle")
+EMBEDDED_TRAIN_GRAY: tuple[str, ...] = ("brick", "camera", "clock", "coins", "grass", "gravel", "page")
+"""scikit-image's bundled gray photographs (straight edges, man-made textures the colour split lacks), as RGB:
+the ``train_gray`` split, for training only."""
 EXTRA_TEST: tuple[str, ...] = ("grace_hopper",)
 """Photographs shipped by other installed packages, never used for training (matplotlib's sample data)."""
 EMBEDDED_PREFIX = "embedded:"
@@ -41,7 +44,7 @@ def embedded_image(name: str) -> np.ndarray:
     """One embedded image as H x W x 3 uint8, loaded from scikit-image's wheel (never through pooch)."""
     from skimage import data as skdata
 
-    known = EMBEDDED_TRAIN + EMBEDDED_TEST + EXTRA_TEST
+    known = EMBEDDED_TRAIN + EMBEDDED_TRAIN_GRAY + EMBEDDED_TEST + EXTRA_TEST
     if name not in known:
         raise ValueError(f"unknown embedded image {name!r}; choose one of {sorted(known)}")
     if name == "grace_hopper":
@@ -52,11 +55,17 @@ def embedded_image(name: str) -> np.ndarray:
     return to_rgb8(image, what=name)
 
 
+SPLITS: dict[str, tuple[str, ...]] = {"train": EMBEDDED_TRAIN, "train_gray": EMBEDDED_TRAIN_GRAY, "test": EMBEDDED_TEST}
+
+
+def split_names(split: str) -> tuple[str, ...]:
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r}; choose one of {sorted(SPLITS)}")
+    return SPLITS[split]
+
+
 def embedded_split(split: str) -> dict[str, np.ndarray]:
-    names = {"train": EMBEDDED_TRAIN, "test": EMBEDDED_TEST}.get(split)
-    if names is None:
-        raise ValueError(f"split={split!r}; choose train or test")
-    return {n: embedded_image(n) for n in names}
+    return {n: embedded_image(n) for n in split_names(split)}
 
 
 def load_image(spec: str | Path, crop: int | None = None, multiple: int = 1) -> tuple[np.ndarray, str]:
@@ -191,10 +200,7 @@ class EmbeddedSet:
     multiple: int = 1
 
     def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
-        names = EMBEDDED_TRAIN if self.split == "train" else EMBEDDED_TEST if self.split == "test" else None
-        if names is None:
-            raise ValueError(f"split={self.split!r}; choose train or test")
-        for name in names:
+        for name in split_names(self.split):
             yield name, center_crop(embedded_image(name), self.crop, self.multiple)
 
 

@@ -47,7 +47,7 @@ log = logging.getLogger("cemap.train")
 
 RESULT_NEUTRAL = ("device", "logger", "output_root", "progress", "wandb", "train.val_every", "train.checkpoint_every",
                   "train.log_every",
-                  "max_steps_this_run")
+                  "max_steps_this_run", "max_minutes_this_run")
 """Settings that never change the trained weights, left out of the cache key."""
 
 FINAL, LAST, METRICS, EVAL = "final.pth", "last.pth", "metrics.csv", "eval.json"
@@ -142,6 +142,16 @@ def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     return x.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else x
 
 
+def slice_deadline(cfg: DictConfig, started: float, world: int) -> float | None:
+    """When a time-sliced run (``max_minutes_this_run``) stops: a GPU lease trains as far as it lasts and the next
+    one resumes from ``last.pth``. Ranks of a distributed run would disagree on the moment, so it is single-process."""
+    if cfg.max_minutes_this_run is None:
+        return None
+    if not cfg.max_minutes_this_run > 0 or world > 1:
+        raise ValueError(f"max_minutes_this_run={cfg.max_minutes_this_run}: must be > 0, and only without torchrun")
+    return started + 60.0 * float(cfg.max_minutes_this_run)
+
+
 def train(cfg: DictConfig) -> Path:
     """Train (or resume, or reuse) the model described by ``cfg``; returns the path of ``final.pth``."""
     directory = run_dir(cfg)
@@ -200,6 +210,7 @@ def train(cfg: DictConfig) -> Path:
     bar = tqdm(range(start, stop), initial=start, total=s.steps, desc=f"train {model_name}", unit="step",
                disable=not (cfg.progress and main_process))
     started = time.perf_counter()
+    deadline = slice_deadline(cfg, started, world)
     for step in bar:
         factor = lr_factor(step, s.steps, s.scheduler, s.warmup_steps, s.eta_min_ratio, s.milestones, s.gamma)
         for group in optimizer.param_groups:
@@ -215,6 +226,8 @@ def train(cfg: DictConfig) -> Path:
         optimizer.step()
         ema.update(model)
         done = step + 1
+        if deadline is not None and done < stop and time.perf_counter() > deadline:
+            stop = done  # the time slice is over: log, checkpoint and return last.pth as a partial run does
         if done % s.log_every == 0 or done == stop:  # loss.item() waits for the GPU: not on every step
             bar.set_postfix(loss=f"{loss.item():.4f}", task=task_name)
             logger.log({"step": done, "kind": "train", "task": task_name, "loss": loss.item(), "lr": s.lr * factor,
@@ -225,6 +238,8 @@ def train(cfg: DictConfig) -> Path:
             for name, (task, _) in tasks.items():
                 row = evaluate(ema.model, task, val_images, cfg.seed, device, with_baseline=False)
                 logger.log({"step": done, "kind": "val", "task": name, "psnr": row.psnr, "ssim": row.ssim})
+        if done == stop:
+            break
     bar.close()
     if stop < s.steps:  # a deliberately partial run (tests, time-sliced jobs)
         logger.finish()

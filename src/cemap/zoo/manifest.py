@@ -58,6 +58,17 @@ class Manifest:
     floors: dict[str, float]
     eval: dict[str, Any] = field(default_factory=dict)
     groups: dict[str, list[str]] = field(default_factory=dict)
+    equal_steps: list[list[str]] = field(default_factory=list)
+
+    def equalise(self, steps: dict[str, int]) -> dict[str, int]:
+        """Calibrated steps where the jobs of one ``equal_steps`` set (entries whose PSNR a test compares, every seed)
+        all get the fewest any of them was given: steps chosen by speed alone train the slower architecture less
+        (channel attention got 22-28% fewer steps than its twin in one lease, gpu_runs.md)."""
+        out = dict(steps)
+        for names in self.equal_steps:
+            keys = [j.key for j in self.jobs if j.name in names and j.key in out]
+            out.update({k: min(out[k] for k in keys) for k in keys})
+        return out
 
     def select(self, names: list[str], group: str | None = None) -> list[Job]:
         """Jobs named (entry name or job key) or in ``group``; all jobs when neither is given."""
@@ -98,7 +109,8 @@ def load_manifest(path: str | Path = MANIFEST) -> Manifest:
             jobs.append(Job(e["name"], e["model"], e.get("task"), mix, e["schedule"], steps, int(seed),
                             e["floor"], node["data"]))
     groups = {k: list(v) for k, v in node.get("groups", {}).items()}
-    unknown = {n for names in groups.values() for n in names} - {j.name for j in jobs}
+    equal = [list(names) for names in node.get("equal_steps", [])]
+    unknown = {n for names in [*groups.values(), *equal] for n in names} - {j.name for j in jobs}
     if unknown:
-        raise ValueError(f"zoo groups name unknown entries: {sorted(unknown)}")
-    return Manifest(jobs, dict(node["floors"]), dict(node.get("eval", {})), groups)
+        raise ValueError(f"zoo groups or equal_steps name unknown entries: {sorted(unknown)}")
+    return Manifest(jobs, dict(node["floors"]), dict(node.get("eval", {})), groups, equal)

@@ -119,6 +119,9 @@ def provenance(job: Job, source: Path, manifest: Manifest, runs: dict[str, dict]
         misses.append(f"EMA weights still hold {share:.1%} of the random initialisation")
     info = getattr(model, "info", None)
     run = runs.get(job.key, {})
+    leases = _read(source / f"{job.key}.leases.json")  # every time slice that trained it (GPU leases, CPU sessions)
+    machine = "; ".join(dict.fromkeys(str(x["machine"]) for x in leases)) if leases else run.get("machine", "unknown")
+    minutes = round(sum(float(x["minutes"]) for x in leases), 2) if leases else trained.get("minutes")
     return {
         "name": job.name, "key": job.key, "file": f"{job.key}.safetensors", "seed": job.seed,
         "model_preset": job.model, "task": job.task or "mix", "mix": job.mix, "schedule": job.schedule,
@@ -128,7 +131,7 @@ def provenance(job: Job, source: Path, manifest: Manifest, runs: dict[str, dict]
         "params": int(sum(p.numel() for p in model.parameters())),
         "receptive_radius": None if info is None else info.receptive_radius,
         "eval": scores, "floor": {"kind": job.floor, "met": not misses, "misses": misses},
-        "machine": run.get("machine", "unknown"), "train_minutes": trained.get("minutes"),
+        "machine": machine, "train_minutes": minutes, "leases": leases,
         "eval_machine": "CPU, float32",
     }
 
