@@ -73,6 +73,26 @@ def test_effects_vanish_exactly_beyond_receptive_field(small_image: np.ndarray, 
     assert result.effects[result.roi_mask].min() > 0  # the ROI's own content helps it
 
 
+class ScalesItsInputInPlace(torch.nn.Module):
+    """Like spandrel's RCAN (``x *= rgb_range`` ... ``x /= rgb_range``): in-place work on the input tensor."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x *= 255.0
+        return self.inner(x / 255.0)
+
+
+def test_a_model_that_scales_its_input_in_place_gets_the_map_of_its_cloning_twin(small_image, small_bank) -> None:  # type: ignore[no-untyped-def]
+    inner = conv_stack(3)
+    maps = [CausalEffectMap(model, Denoise(sigma=25.0), device="cpu", batch_size=4).attribute(
+                small_image, ROI(16, 16, 8), 8, Fixed(n_samples=2), patches=small_bank).effects
+            for model in (inner, ScalesItsInputInPlace(inner))]
+    assert np.array_equal(maps[0], maps[1])
+
+
 def test_global_pooling_reaches_far_blocks(small_image: np.ndarray, small_bank: np.ndarray) -> None:
     cem = CausalEffectMap(conv_stack(3, global_branch=True), Denoise(sigma=25.0), device="cpu")
     result = cem.attribute(small_image, ROI(0, 0, 8), 8, Fixed(n_samples=3), patches=small_bank)

@@ -116,3 +116,11 @@ def test_figure_is_written(tmp_path: Path, small_image: np.ndarray, small_bank: 
         small_image, ROI(8, 8, 8), 8, Fixed(n_samples=2), patches=small_bank)
     path = save_map_figure(result, tmp_path / "map.png", small_image)
     assert Image.open(path).size[0] > 100
+
+
+def test_psnr_of_a_nan_output_is_nan_and_identical_images_get_the_cap() -> None:
+    target = torch.rand(2, 3, 8, 8)
+    pred = target.clone()
+    pred[1, 0, 0, 0] = float("nan")
+    values = psnr(pred, target)
+    assert values[0].item() == 100.0 and torch.isnan(values[1])

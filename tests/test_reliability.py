@@ -77,6 +77,12 @@ BAD_INPUTS = [
     (["image={good}", "cem.metric=lpips"], "ValueError", "unknown metric 'lpips'"),
     (["image={good}", "cem.shard=3/3"], "ValueError", "cem.shard='3/3'"),
     (["image={good}", "trained.schedule=tiny_dncnn"], "MissingTrainedModel", "train it first: python -m cemap.train"),
+    (["image={good}", "cem.tol=nan"], "SettingError", "cem.tol=nan: must be a finite number"),
+    (["image={good}", "cem.tol=-0.01"], "SettingError", "cem.tol=-0.01: must be >= 0.0"),
+    (["image={good}", "cem.z=nan"], "SettingError", "cem.z=nan: must be a finite number"),
+    (["image={good}", "cem.z=-1"], "SettingError", "cem.z=-1.0: must be >= 0.0"),
+    (["image={good}", "cem.locality.atol=nan"], "SettingError", "cem.locality.atol=nan"),
+    (["image={good}", "cem.estimator=adaptive", "cem.target_se=nan"], "SettingError", "cem.target_se=nan"),
 ]
 
 

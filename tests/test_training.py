@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,8 +18,9 @@ from cemap.checkpoint import load_checkpoint, read_checkpoint
 from cemap.config import register_configs
 from cemap.run import build_model
 from cemap.tasks import Denoise, Derain, SuperResolution
-from cemap.train import run_dir, train
+from cemap.train import TrainingDiverged, run_dir, train
 from cemap.training import PatchSampler
+from cemap.validation import SettingError
 from tests.conftest import REPO
 
 FAST = ["train.steps=20", "train.batch_size=4", "train.patch_size=32", "train.warmup_steps=0", "train.lr=0.002",
@@ -75,6 +77,25 @@ def test_a_time_slice_stops_with_a_checkpoint_and_resumes_to_identical_weights(t
     assert resumed.name == "final.pth" and all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(ValueError, match="must be > 0"):
         train(config(tmp_path / "c", "model=dncnn_tiny", "train.steps=6", "max_minutes_this_run=0"))
+
+
+@pytest.mark.parametrize("override,message", [("train.steps=0", "train.steps=0: must be >= 1"),
+                                              ("train.lr=nan", "train.lr=nan: must be a finite number"),
+                                              ("train.batch_size=0", "train.batch_size=0: must be >= 1"),
+                                              ("train.ema_decay=1.0", "must be < 1")])
+def test_settings_that_train_nothing_or_nan_are_refused_before_any_file(tmp_path: Path, override: str,
+                                                                         message: str) -> None:
+    with pytest.raises(SettingError, match=re.escape(message)):
+        train(config(tmp_path, "model=dncnn_tiny", "train.steps=3", override))
+    assert not (tmp_path / "models").exists()
+
+
+def test_a_diverging_run_stops_without_a_final_checkpoint(tmp_path: Path) -> None:
+    cfg = config(tmp_path, "model=dncnn_tiny", "train.steps=6", "train.lr=1e30", "train.grad_clip=0",
+                 "train.log_every=1", "train.warmup_steps=0")
+    with pytest.raises(TrainingDiverged, match="diverged"):
+        train(cfg)
+    assert not list(tmp_path.rglob("final.pth"))
 
 
 def test_cache_hits_for_the_same_config_only(tmp_path: Path) -> None:

@@ -210,13 +210,14 @@ class CausalEffectMap:
     # --- scoring --------------------------------------------------------------------------------------------------
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
-        """The model's float32 output under the configured precision and memory format, without autograd."""
-        if self.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
+        """The model's float32 output under the configured precision and memory format, without autograd. The model
+        gets its own copy of the batch: one that scales its input in place (spandrel's RCAN: ``x *= rgb_range``)
+        would otherwise corrupt the degraded image that every later intervention is built from."""
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         dtype = PRECISIONS[self.precision]
         cast = torch.autocast(self.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
         with torch.inference_mode(), cast:
-            out = self._runner(batch)
+            out = self._runner(batch.clone(memory_format=memory_format))
         return out.float() if isinstance(out, torch.Tensor) else out
 
     def _score_on_device(self, batch: torch.Tensor, clean: torch.Tensor, rois: Sequence[ROI]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from cemap.results import STATUS_ESTIMATED, STATUS_SCREENED
+from cemap.validation import check_number
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,10 @@ class Estimator(ABC):
 
     tol: float = 0.01
     z: float = 1.96
+
+    def _check_common(self) -> None:
+        check_number("cem.tol", self.tol, 0.0)
+        check_number("cem.z", self.z, 0.0)
 
     name = "estimator"
 
@@ -101,6 +106,7 @@ class Reference(Estimator):
         return cls(tol=settings.tol, z=settings.z, n_coarse=settings.n_coarse, n_fine=settings.n_samples)
 
     def __post_init__(self) -> None:
+        self._check_common()
         if self.n_coarse < 1 or self.n_fine < 1:
             raise ValueError(f"reference estimator needs n_coarse >= 1 and n_fine >= 1, got {self.n_coarse}, {self.n_fine}")
 
@@ -138,6 +144,7 @@ class Fixed(Estimator):
         return cls(tol=settings.tol, z=settings.z, n_samples=settings.n_samples)
 
     def __post_init__(self) -> None:
+        self._check_common()
         if self.n_samples < 1:
             raise ValueError(f"fixed estimator needs n_samples >= 1, got {self.n_samples}")
 
@@ -179,8 +186,8 @@ class Adaptive(Estimator):
                    n_max=settings.n_samples)
 
     def __post_init__(self) -> None:
-        if self.target_se <= 0:
-            raise ValueError(f"adaptive estimator needs target_se > 0, got {self.target_se}")
+        self._check_common()
+        check_number("cem.target_se", self.target_se, 0.0, strict=True)
         if not 2 <= self.n_min <= self.n_max:
             raise ValueError(f"adaptive estimator needs 2 <= n_min <= n_max, got n_min={self.n_min}, n_max={self.n_max}")
 

@@ -30,6 +30,7 @@ import torch
 from cemap.grid import ROI, Block, BlockGrid
 from cemap.patches import PatchBank
 from cemap.tasks.base import Degraded, Task
+from cemap.validation import check_number
 
 MODES = ("auto", "off")
 EXTRA_MARGINS = (0, 8, 16, 32)
@@ -52,7 +53,8 @@ class LocalitySettings:
             raise ValueError(f"cem.locality.mode={self.mode!r}; choose one of {MODES}")
         if self.radius is not None and self.radius < 0:
             raise ValueError(f"cem.locality.radius={self.radius} must be >= 0 (input pixels) or null")
-        if self.atol < 0 or self.probes < 1:
+        check_number("cem.locality.atol", self.atol, 0.0)
+        if self.probes < 1:
             raise ValueError(f"cem.locality needs atol >= 0 and probes >= 1, got {self.atol}, {self.probes}")
 
 

@@ -50,8 +50,10 @@ def _prepare(pred: torch.Tensor, target: torch.Tensor, crop_border: int, y_chann
 
 
 def mse_to_psnr(mse: torch.Tensor) -> torch.Tensor:
+    """PSNR of an 8-bit mean squared error; identical images get the cap, and a NaN error (a model that returned NaN)
+    stays NaN instead of passing for a perfect 100 dB."""
     psnr = 10.0 * torch.log10(255.0**2 / mse.clamp_min(1e-300))
-    return torch.where(mse > 0, psnr, torch.full_like(psnr, PSNR_CAP_DB))
+    return torch.where(mse == 0, torch.full_like(psnr, PSNR_CAP_DB), psnr)
 
 
 def psnr(pred: torch.Tensor, target: torch.Tensor, crop_border: int = 0, y_channel: bool = False) -> torch.Tensor:

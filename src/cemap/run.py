@@ -54,6 +54,7 @@ from cemap.patches import PatchBank, PatchBankError
 from cemap.results import CEMResult, ResultLockedError, ResultWriteError
 from cemap.stats import distance_map, summarize
 from cemap.tasks.base import Degraded, Task
+from cemap.validation import SettingError
 from cemap.zoo import ZooError
 
 log = logging.getLogger("cemap.run")
@@ -72,6 +73,7 @@ USER_ERRORS = (
     ResultWriteError,
     ResultLockedError,
     ZooError,
+    SettingError,
     ValueError,
     TypeError,
     FileNotFoundError,

@@ -32,6 +32,7 @@ from cemap import results
 from cemap.config import CONF_DIR, drop_keys, register_configs
 from cemap.engine import resolve_device
 from cemap.run import build_model
+from cemap.validation import SettingError, check_number
 from cemap.training import (
     EMA,
     LOSSES,
@@ -142,6 +143,18 @@ def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     return x.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else x
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite: no final.pth is written (its weights would be NaN)."""
+
+
+def finite_loss(loss: torch.Tensor, step: int, last: Path) -> float:
+    value = float(loss.item())
+    if not np.isfinite(value):
+        raise TrainingDiverged(f"training loss is {value} at step {step}: the run diverged (lower train.lr, keep "
+                               f"train.grad_clip > 0); the last good checkpoint, if any, is {last}")
+    return value
+
+
 def slice_deadline(cfg: DictConfig, started: float, world: int) -> float | None:
     """When a time-sliced run (``max_minutes_this_run``) stops: a GPU lease trains as far as it lasts and the next
     one resumes from ``last.pth``. Ranks of a distributed run would disagree on the moment, so it is single-process."""
@@ -154,6 +167,7 @@ def slice_deadline(cfg: DictConfig, started: float, world: int) -> float | None:
 
 def train(cfg: DictConfig) -> Path:
     """Train (or resume, or reuse) the model described by ``cfg``; returns the path of ``final.pth``."""
+    check_schedule(cfg.train)
     directory = run_dir(cfg)
     final = directory / FINAL
     if final.is_file():
@@ -229,8 +243,9 @@ def train(cfg: DictConfig) -> Path:
         if deadline is not None and done < stop and time.perf_counter() > deadline:
             stop = done  # the time slice is over: log, checkpoint and return last.pth as a partial run does
         if done % s.log_every == 0 or done == stop:  # loss.item() waits for the GPU: not on every step
-            bar.set_postfix(loss=f"{loss.item():.4f}", task=task_name)
-            logger.log({"step": done, "kind": "train", "task": task_name, "loss": loss.item(), "lr": s.lr * factor,
+            value = finite_loss(loss, done, last)
+            bar.set_postfix(loss=f"{value:.4f}", task=task_name)
+            logger.log({"step": done, "kind": "train", "task": task_name, "loss": value, "lr": s.lr * factor,
                         "seconds": round(time.perf_counter() - started, 2)})
         if main_process and (done % s.checkpoint_every == 0 or done == stop):
             save_training_checkpoint(last, model, ema, done, config, optimizer)
@@ -266,8 +281,24 @@ def train(cfg: DictConfig) -> Path:
     return final
 
 
+def check_schedule(s: DictConfig) -> None:
+    """Refuse settings that would train nothing or NaN (``steps=0`` wrote an untrained final.pth; ``lr=nan``)."""
+    check_number("train.steps", s.steps, 1)
+    check_number("train.batch_size", s.batch_size, 1)
+    check_number("train.patch_size", s.patch_size, 1)
+    check_number("train.lr", s.lr, 0.0, strict=True)
+    check_number("train.grad_clip", s.grad_clip, 0.0)
+    check_number("train.ema_decay", s.ema_decay, 0.0)
+    if s.ema_decay >= 1:
+        raise SettingError(f"train.ema_decay={s.ema_decay}: must be < 1 (1 would keep the random initialisation)")
+
+
 def _task(cfg: DictConfig) -> None:
-    final = train(cfg)
+    try:
+        final = train(cfg)
+    except (SettingError, TrainingDiverged) as exc:
+        print(f"cemap.train: error: {exc}", file=sys.stderr)
+        sys.exit(2)
     evaluation = final.parent / EVAL
     if evaluation.is_file() and int(os.environ.get("RANK", "0")) == 0:
         print(evaluation.read_text().strip().replace("\n", " "), flush=True)
