@@ -109,6 +109,43 @@ def test_model_output_errors_name_model_and_task(tmp_path: Path) -> None:
             CausalEffectMap(model, Derain(), device="cpu", model_name="broken").attribute(image, ROI(0, 0, 8), 8, "fixed")
 
 
+def test_a_model_working_in_0_255_is_refused() -> None:
+    from cemap import CausalEffectMap
+    from cemap.engine import ModelOutputError
+    from cemap.tasks import Denoise
+
+    image = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    with pytest.raises(ModelOutputError, match=r"with median 1[0-9][0-9].*divided by 255"):
+        CausalEffectMap(lambda x: x * 255.0 + 0.5, Denoise(), device="cpu").attribute(image, ROI(0, 0, 8), 8, "fixed")
+
+
+@pytest.mark.parametrize("clean,expected", [
+    (np.full((2, 2, 3), 51, dtype=np.uint8), 0.2),                        # H x W x 3 uint8: 0..255
+    (np.full((2, 2, 3), 0.2, dtype=np.float64), 0.2),                     # H x W x 3 float: [0, 1] (was cast to 0)
+    (torch.full((3, 2, 2), 51, dtype=torch.uint8), 0.2),                  # (3, H, W) uint8: 0..255 (was read as 51.0)
+    (torch.full((3, 2, 2), 0.2), 0.2),
+])
+def test_the_api_reads_each_dtype_by_its_rule(clean, expected) -> None:  # type: ignore[no-untyped-def]
+    from cemap.engine import as_clean_tensor
+
+    out = as_clean_tensor(clean)
+    assert out.shape == (3, 2, 2) and out.dtype == torch.float32 and torch.allclose(out, torch.full_like(out, expected))
+
+
+@pytest.mark.parametrize("clean,message", [
+    (np.full((2, 2, 3), 51.0), r"in \[0, 1\], got \[51, 51\]; for 0..255 values give uint8"),
+    (np.full((2, 2, 3), 51, dtype=np.int64), "give uint8"),
+    (torch.full((3, 2, 2), float("nan")), "with NaN/inf"),
+    (np.zeros((3, 2, 2), dtype=np.uint8), "must be H x W x 3"),
+    (torch.zeros((2, 2, 3)), r"must be \(3, H, W\)"),
+])
+def test_the_api_refuses_ambiguous_images(clean, message) -> None:  # type: ignore[no-untyped-def]
+    from cemap.engine import as_clean_tensor
+
+    with pytest.raises(ValueError, match=message):
+        as_clean_tensor(clean)
+
+
 @pytest.mark.parametrize("name,array,mode", [
     ("gray", np.full((9, 10), 7, np.uint8), None),
     ("gray16", (np.arange(90, dtype=np.uint16).reshape(9, 10) * 700), "I;16"),

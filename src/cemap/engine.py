@@ -76,11 +76,33 @@ def block_interventions(task: Task, degraded: Degraded, clean: torch.Tensor, ban
 
 
 def as_clean_tensor(clean: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """The ground truth as a (3, H, W) float32 CPU tensor in [0, 1] (from H x W x 3 uint8 or a tensor)."""
-    clean_t = (to_tensor(clean) if isinstance(clean, np.ndarray) else clean.detach().to(torch.float32)).cpu()
-    if clean_t.dim() != 3 or clean_t.shape[0] != 3:
-        raise ValueError(f"clean image must be (3, H, W) or H x W x 3, got shape {tuple(clean_t.shape)}")
-    return clean_t
+    """The ground truth as a (3, H, W) float32 CPU tensor in [0, 1]. Accepted, by explicit rules: H x W x 3 arrays
+    and (3, H, W) tensors, uint8 (0..255) or float in [0, 1]. Anything else is refused, not guessed: a float array
+    in [0, 1] used to be cast to uint8 (an almost black image), a uint8 tensor read as floats."""
+    if isinstance(clean, np.ndarray):
+        if clean.ndim != 3 or clean.shape[2] != 3:
+            raise ValueError(f"clean image array must be H x W x 3, got shape {clean.shape}")
+        chw = torch.from_numpy(np.ascontiguousarray(clean)).permute(2, 0, 1)
+    elif isinstance(clean, torch.Tensor):
+        if clean.dim() != 3 or clean.shape[0] != 3:
+            raise ValueError(f"clean image tensor must be (3, H, W), got shape {tuple(clean.shape)}")
+        chw = clean.detach().cpu()
+    else:
+        raise TypeError(f"clean image must be a numpy array or a torch tensor, got {type(clean).__name__}")
+    return unit_range(chw)
+
+
+def unit_range(chw: torch.Tensor) -> torch.Tensor:
+    if chw.dtype == torch.uint8:
+        return chw.to(torch.float32) / 255.0
+    if not chw.is_floating_point():
+        raise ValueError(f"clean image of dtype {chw.dtype}: give uint8 (0..255) or float in [0, 1]")
+    x = chw.to(torch.float32)
+    if not bool(torch.isfinite(x).all()) or (x.numel() and (float(x.min()) < 0 or float(x.max()) > 1)):
+        lo, hi = float(x.nan_to_num(0).min()), float(x.nan_to_num(0).max())
+        raise ValueError(f"float clean image must be finite and in [0, 1], got [{lo:.4g}, {hi:.4g}]"
+                         f"{' with NaN/inf' if not bool(torch.isfinite(x).all()) else ''}; for 0..255 values give uint8")
+    return x.clone()
 
 
 def as_patch_bank(patches: PatchBank | np.ndarray | None, block_size: int) -> PatchBank:
@@ -152,6 +174,8 @@ while the device computes, instead of waiting for every batch."""
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 AUTO_BATCH_CAP = 256
 """Largest batch the automatic choice picks: beyond it GPUs gain little and a back-off costs more."""
+OUTPUT_MEDIAN_RANGE = (-0.5, 1.5)
+"""Where the median of a model's output on the unmodified input must lie for it to be in [0, 1] units."""
 
 
 class CausalEffectMap:
@@ -238,6 +262,15 @@ class CausalEffectMap:
     def _check_finite(self, finite: torch.Tensor) -> None:
         if not bool(finite):
             raise ModelOutputError(f"model {self.model_name} returned NaN or inf on task {self.task.name}")
+
+    def _check_units(self, batch: torch.Tensor) -> None:
+        """Refuse a model whose typical output is not in [0, 1] units (one working in 0..255 gave origin PSNR 4 dB
+        and a meaningless map). The median, not the extremes: unclamped or untrained networks overshoot."""
+        median = float(self._forward(batch).median())
+        if not OUTPUT_MEDIAN_RANGE[0] <= median <= OUTPUT_MEDIAN_RANGE[1]:
+            raise ModelOutputError(
+                f"model {self.model_name} returned values with median {median:.4g} on task {self.task.name}; cemap "
+                "needs outputs in [0, 1] (a model working in 0..255 needs its output divided by 255)")
 
     def _score(self, batch: torch.Tensor, clean: torch.Tensor, rois: Sequence[ROI]) -> np.ndarray:
         """Scores on the host, at once (for the unmodified input)."""
@@ -375,6 +408,7 @@ class CausalEffectMap:
                 log.info("resuming from %s (%d stage(s) saved)", state_path, len(stages))
 
             origin = self._score(origin_input, scored_clean, scored_rois)[0]
+            self._check_units(origin_input)
             if resumed and not np.array_equal(resumed[0], origin):
                 log.warning("saved origin %s differs from recomputed %s: starting over", resumed[0], origin)
                 stages = []
