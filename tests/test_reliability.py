@@ -317,3 +317,18 @@ def test_a_map_needs_no_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     cfg = compose_config("run", [*BASE, "image=embedded:coffee", "crop=16", f"output_root={tmp_path}"], with_choices=True)
     summary = compute(cfg, tmp_path / "run")
     assert summary["n_blocks"] == 4
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.bool])
+def test_integer_or_boolean_weights_are_refused(tmp_path: Path, dtype: torch.dtype) -> None:
+    from safetensors.torch import save_file
+
+    from cemap.checkpoint import CheckpointError, load_checkpoint
+    from tests.conftest import conv_stack
+
+    model = conv_stack(2)
+    save_file({k: v.to(dtype) for k, v in model.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    with pytest.raises(CheckpointError, match=f"dtype_mismatch .*checkpoint {dtype} vs model torch.float32"):
+        load_checkpoint(conv_stack(2), tmp_path / "w.safetensors")
+    save_file({k: v.half() for k, v in model.state_dict().items()}, str(tmp_path / "h.safetensors"))
+    load_checkpoint(conv_stack(2), tmp_path / "h.safetensors")  # another float precision loads

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cemap import ROI, CausalEffectMap, Fixed, Reference
-from cemap.results import merge_shards, parse_shard
+from cemap.results import STATUS_NOT_COMPUTED, merge_shards, parse_shard
 from cemap.tasks import Denoise
 from tests.conftest import conv_stack
 
@@ -23,6 +23,17 @@ def test_three_shards_merge_into_the_unsharded_map(small_image, small_bank, esti
         assert np.array_equal(getattr(merged, name), getattr(full, name), equal_nan=True), name
     with pytest.raises(ValueError, match="same block"):
         merge_shards([shards[0], shards[0]])
+
+
+def test_a_missing_shard_is_named_and_a_batch_size_difference_merges(small_image, small_bank) -> None:  # type: ignore[no-untyped-def]
+    shards = [CausalEffectMap(conv_stack(3), Denoise(), device="cpu", batch_size=2 + i).attribute(
+                  small_image, ROI(16, 16, 8), 8, Fixed(n_samples=2), patches=small_bank,
+                  blocks=parse_shard(f"{i}/3", 35)) for i in range(3)]
+    for i, shard in enumerate(shards):
+        shard.meta["shard"] = f"{i}/3"  # as cemap.run records it
+    assert (merge_shards(shards).status != STATUS_NOT_COMPUTED).all()  # batch sizes 2, 3, 4: one map
+    with pytest.raises(ValueError, match="shard\\(s\\) 1/3 missing"):
+        merge_shards([shards[0], shards[2]])
 
 
 def test_shard_spec() -> None:

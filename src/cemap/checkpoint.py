@@ -79,7 +79,9 @@ def _listing(keys: list[str], limit: int = 5) -> str:
 
 
 def key_diff(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> dict[str, list[str]]:
-    """Missing, unexpected and shape-mismatched keys between a model and a state dict."""
+    """Missing, unexpected, shape-mismatched and kind-mismatched keys between a model and a state dict. A weight
+    stored as integers or booleans (int8, bool) is not a float weight in another precision: loading would cast it
+    silently, so it counts as a mismatch (float16/bfloat16/float64 for float32 are fine)."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -88,7 +90,9 @@ def key_diff(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> dict[
         for k in own
         if k in state and tuple(state[k].shape) != tuple(own[k].shape)
     ]
-    return {"missing": missing, "unexpected": unexpected, "shape_mismatch": mismatched}
+    kinds = [f"{k}: checkpoint {state[k].dtype} vs model {own[k].dtype}" for k in own
+             if k in state and state[k].is_floating_point() != own[k].is_floating_point()]
+    return {"missing": missing, "unexpected": unexpected, "shape_mismatch": mismatched, "dtype_mismatch": kinds}
 
 
 def load_checkpoint(model: torch.nn.Module, path: str | Path, strict: bool = True) -> str:
@@ -99,7 +103,7 @@ def load_checkpoint(model: torch.nn.Module, path: str | Path, strict: bool = Tru
     """
     state = read_checkpoint(path)
     diff = key_diff(model, state)
-    if diff["shape_mismatch"] or (strict and (diff["missing"] or diff["unexpected"])):
+    if diff["shape_mismatch"] or diff["dtype_mismatch"] or (strict and (diff["missing"] or diff["unexpected"])):
         parts = [f"{name} {_listing(keys)}" for name, keys in diff.items() if keys]
         raise CheckpointError(
             f"checkpoint {str(path)!r} does not fit {type(model).__name__} (wrong architecture or settings?): "

@@ -220,8 +220,10 @@ def exclusive(directory: str | Path) -> Iterator[None]:
         fh.close()
 
 
-SHARD_NEUTRAL_META = ("blocks", "forwards", "seconds", "job_key", "config", "git_commit", "shard", "state_key")
-"""Metadata that legitimately differs between the shards of one map."""
+SHARD_NEUTRAL_META = ("blocks", "forwards", "seconds", "job_key", "config", "git_commit", "shard", "state_key",
+                      "batch_size")
+"""Metadata that legitimately differs between the shards of one map (the batch size, chosen automatically per GPU,
+never changes a map)."""
 
 
 def parse_shard(spec: str, n_blocks: int) -> list[int]:
@@ -233,6 +235,20 @@ def parse_shard(spec: str, n_blocks: int) -> list[int]:
     if n < 1 or not 0 <= i < n:
         raise ValueError(f"cem.shard={spec!r}: need 0 <= i < n")
     return list(range(i, n_blocks, n))
+
+
+def check_all_shards_present(shards: list[CEMResult]) -> None:
+    """Refuse to merge ``i/n`` shards when some ``i`` is missing: the merged map would have blocks never computed."""
+    specs = [str(s.meta.get("shard")) for s in shards if s.meta.get("shard")]
+    if not specs:
+        return
+    counts = {int(spec.split("/")[1]) for spec in specs}
+    if len(counts) != 1 or len(specs) != len(shards):
+        raise ValueError(f"shards of different splits cannot be merged: {sorted(specs)}")
+    n = counts.pop()
+    missing = sorted(set(range(n)) - {int(spec.split("/")[0]) for spec in specs})
+    if missing:
+        raise ValueError(f"shard(s) {', '.join(f'{i}/{n}' for i in missing)} missing: merge all {n} shards")
 
 
 def merge_shards(shards: list[CEMResult]) -> CEMResult:
@@ -249,6 +265,7 @@ def merge_shards(shards: list[CEMResult]) -> CEMResult:
         differing = sorted(k for k in set(reference) | set(mine) if reference.get(k) != mine.get(k))
         if differing or other.origin != first.origin or other.shape != first.shape:
             raise ValueError(f"shards do not belong to one map: they differ in {differing or ['origin/grid']}")
+    check_all_shards_present(shards)
     merged = CEMResult(
         effects=first.effects.copy(), se=first.se.copy(), n=first.n.copy(), forwards=first.forwards.copy(),
         significant=first.significant.copy(), status=first.status.copy(), roi_mask=first.roi_mask.copy(),
