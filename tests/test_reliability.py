@@ -332,3 +332,10 @@ def test_integer_or_boolean_weights_are_refused(tmp_path: Path, dtype: torch.dty
         load_checkpoint(conv_stack(2), tmp_path / "w.safetensors")
     save_file({k: v.half() for k, v in model.state_dict().items()}, str(tmp_path / "h.safetensors"))
     load_checkpoint(conv_stack(2), tmp_path / "h.safetensors")  # another float precision loads
+
+
+def test_a_partial_edge_block_at_the_centre_maps_with_locality_on(tmp_path: Path) -> None:
+    overrides = ["model=dncnn_tiny", "task=denoise", "device=cpu", "image=embedded:chelsea", "crop=24",
+                 "cem.block_size=16", "roi.x=0", "roi.y=0", "roi.size=8", "progress=false", f"output_root={tmp_path}"]
+    summary = compute(compose_config("run", overrides, with_choices=True), tmp_path / "run")
+    assert summary["n_blocks"] == 4

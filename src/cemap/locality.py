@@ -137,6 +137,7 @@ def check_task_spread(task: Task, degraded: Degraded, clean: torch.Tensor, grid:
     """Farthest (Chebyshev) input pixel an intervention on a central block changed beyond the block, if that exceeds
     the task's declared spread; None when the declaration holds."""
     block = grid.block((grid.rows // 2) * grid.cols + grid.cols // 2)
+    patches = patches[..., : block.height, : block.width]  # the central block can be a partial edge block
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(9999,))))
     changed = (task.intervene(degraded, clean, block, patches, rng) != degraded.image.unsqueeze(0)).any(dim=(0, 1))
     ys, xs = torch.nonzero(changed, as_tuple=True)
