@@ -68,6 +68,17 @@ def test_interrupted_training_resumes_to_identical_weights(tmp_path: Path) -> No
     assert all(torch.equal(plain_a[k], plain_b[k]) for k in plain_a)
 
 
+def test_a_run_killed_between_checkpoints_logs_each_step_once_after_resuming(tmp_path: Path) -> None:
+    args = ("model=dncnn_tiny", "train.steps=8", "train.log_every=1")
+    partial = train(config(tmp_path, *args, "max_steps_this_run=4"))
+    metrics = partial.parent / "metrics.csv"
+    with open(metrics, "a") as fh:  # steps 5-6 logged, then killed before the next checkpoint
+        fh.write("5,train,denoise,0.1,0.001,,,1.0\n6,train,denoise,0.1,0.001,,,1.0\n")
+    train(config(tmp_path, *args))
+    steps = [int(r["step"]) for r in csv.DictReader(open(metrics)) if r["kind"] == "train"]
+    assert steps == list(range(1, 9))
+
+
 def test_a_time_slice_stops_with_a_checkpoint_and_resumes_to_identical_weights(tmp_path: Path) -> None:
     whole = train(config(tmp_path / "a", "model=dncnn_tiny", "train.steps=6"))
     sliced = train(config(tmp_path / "b", "model=dncnn_tiny", "train.steps=6", "max_minutes_this_run=1e-9"))

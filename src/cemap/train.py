@@ -107,6 +107,16 @@ class Logger:
                                     tags=[cfg.model.name, *tasks],
                                     reinit=True)
 
+    def forget_after(self, step: int) -> None:
+        """Drop rows logged after ``step``: a run killed between checkpoints redoes those steps when it resumes, and
+        would otherwise log them twice."""
+        if not self.path.is_file():
+            return
+        lines = self.path.read_text().splitlines(keepends=True)
+        kept = lines[:1] + [line for line in lines[1:] if int(line.split(",", 1)[0]) <= step]
+        if len(kept) < len(lines):
+            results.atomic_write_bytes(self.path, "".join(kept).encode())
+
     def log(self, row: dict[str, Any]) -> None:
         if not self.enabled:
             return
@@ -217,6 +227,8 @@ def train(cfg: DictConfig) -> Path:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     logger = Logger(cfg, directory, main_process, list(tasks))
+    if main_process:
+        logger.forget_after(start)
     loss_fn = LOSSES[s.loss]
     config = OmegaConf.to_container(cfg, resolve=True)
     val_images = _images(cfg.val_data)
