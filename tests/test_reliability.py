@@ -339,3 +339,28 @@ def test_a_partial_edge_block_at_the_centre_maps_with_locality_on(tmp_path: Path
                  "cem.block_size=16", "roi.x=0", "roi.y=0", "roi.size=8", "progress=false", f"output_root={tmp_path}"]
     summary = compute(compose_config("run", overrides, with_choices=True), tmp_path / "run")
     assert summary["n_blocks"] == 4
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("damage", ["cem.npz truncated", "cem.json garbled", "cem.partial.npz truncated"])
+def test_a_damaged_cache_entry_is_rebuilt_with_a_warning(files, tmp_path, damage, caplog) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "out"
+    cfg = compose_config("run", [*BASE, f"image={files['good']}", f"output_root={out}"], with_choices=True)
+    first = compute(cfg, out / "run1")
+    [cache] = list((out / "cache").iterdir())
+    name = damage.split()[0]
+    if name == "cem.partial.npz":  # a partial state left by a killed run, next to no finished map
+        (cache / name).write_bytes((cache / results.RESULT_ARRAYS).read_bytes())
+        _truncate(cache / name)
+        (cache / results.RESULT_ARRAYS).unlink()
+    elif name == "cem.json":
+        (cache / name).write_text("{not json")
+    else:
+        _truncate(cache / name)
+    second = compute(cfg, out / "run2")
+    assert second["origin_psnr"] == first["origin_psnr"] and second["n_positive"] == first["n_positive"]
+    assert "damaged" in caplog.text and str(cache) in caplog.text

@@ -10,14 +10,18 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 RESULT_ARRAYS = "cem.npz"
 RESULT_META = "cem.json"
@@ -91,6 +95,14 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
+UNREADABLE = (OSError, ValueError, EOFError, zipfile.BadZipFile)
+"""What reading a truncated or bit-flipped .npz raises."""
+
+
+class DamagedResultError(ValueError):
+    """A cached result's files cannot be read (truncated, bit-flipped): the cache entry is rebuilt."""
+
+
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
@@ -145,8 +157,12 @@ class CEMResult:
     @classmethod
     def load(cls, directory: str | Path) -> CEMResult:
         d = Path(directory)
-        with np.load(d / RESULT_ARRAYS, allow_pickle=False) as z:
-            a = {k: z[k] for k in z.files}
+        try:
+            with np.load(d / RESULT_ARRAYS, allow_pickle=False) as z:
+                a = {k: z[k] for k in z.files}
+            meta = read_json(d / RESULT_META)
+        except (*UNREADABLE, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DamagedResultError(f"result in {str(d)!r} is damaged ({type(exc).__name__}: {exc})") from exc
         return cls(
             effects=a["effects"],
             se=a["se"],
@@ -156,7 +172,7 @@ class CEMResult:
             status=a["status"],
             roi_mask=a["roi_mask"],
             origin=float(a["origin"]),
-            meta=read_json(d / RESULT_META),
+            meta=meta,
             samples={k[len("samples_") :]: v for k, v in a.items() if k.startswith("samples_")},
         )
 
@@ -183,7 +199,8 @@ def load_partial(path: Path, key: str) -> tuple[np.ndarray, list[np.ndarray]] | 
                 return None
             stages = [z[f"stage{i}"] for i in range(sum(1 for f in z.files if f.startswith("stage")))]
             return z["origin"], stages
-    except (OSError, ValueError, KeyError):
+    except (*UNREADABLE, KeyError) as exc:
+        log.warning("partial state %s is damaged (%s): starting this map over", p, type(exc).__name__)
         return None  # unreadable partial state: start over rather than trust it
 
 

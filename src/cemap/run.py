@@ -180,11 +180,9 @@ def compute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     key = job_key(cfg, image, ckpt_sha, device)
     cache = results.ensure_inside(cfg.output_root, Path(cfg.output_root) / "cache" / key)
     folders = [""] if len(rois) == 1 else [f"roi{i}" for i in range(len(rois))]
-    cached = all(CEMResult.exists(cache / f) for f in folders)
-    if cached:
-        log.info("reusing the finished map(s) in %s", cache)
-        maps = [CEMResult.load(cache / f) for f in folders]
-    else:
+    maps = load_cached(cache, folders)
+    cached = maps is not None
+    if maps is None:
         with results.exclusive(cache):
             cem = CausalEffectMap(
                 model, task, metric=cfg.cem.metric, device=device, batch_size=cfg.cem.batch_size, tf32=cfg.cem.tf32,
@@ -312,6 +310,23 @@ def log_to_wandb(cfg: DictConfig, run_dir: Path, maps: list[CEMResult], folders:
 
 
 _DEBUG = False
+
+
+def load_cached(cache: Path, folders: list[str]) -> list[CEMResult] | None:
+    """The finished maps of this job, or None to compute them; a damaged entry is removed (with a warning naming
+    it) and rebuilt instead of failing every rerun."""
+    if not all(CEMResult.exists(cache / f) for f in folders):
+        return None
+    try:
+        maps = [CEMResult.load(cache / f) for f in folders]
+    except results.DamagedResultError as exc:
+        log.warning("%s: computing it again", exc)
+        for f in folders:
+            for name in (results.RESULT_ARRAYS, results.RESULT_META):
+                (cache / f / name).unlink(missing_ok=True)
+        return None
+    log.info("reusing the finished map(s) in %s", cache)
+    return maps
 
 
 def _task(cfg: DictConfig) -> None:
