@@ -94,6 +94,13 @@ def test_run_writes_results_and_reuses_them(inputs: dict[str, str], tmp_path: Pa
         ("cem.block_size=0", "block_size=0"),
         ("model.depth=4", "does not fit DnCNN"),
         ("cem.estimator=magic", "unknown estimator"),
+        ("device=foo", "device='foo' is not a device name"),
+        pytest.param("device=cuda", "no usable CUDA GPU",
+                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")),
+        ("cem.tol=nan", "cem.tol=nan: must be a finite number"),
+        ("cem.tol=abc", "could not be converted to Float; full_key: cem.tol"),
+        ("cem.tolx=1", "Could not override 'cem.tolx'"),
+        ("output_root=/dev/null", "Not a directory"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(inputs: dict[str, str], tmp_path: Path, override: str, message: str) -> None:
@@ -103,6 +110,12 @@ def test_bad_input_is_one_line_and_exit_2(inputs: dict[str, str], tmp_path: Path
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("cemap.run: error:") and message in lines[0], proc.stderr
     assert not (Path(inputs["out"]) / "cache").exists() or not any((Path(inputs["out"]) / "cache").rglob("cem.npz"))
+
+
+def test_model_auto_without_a_checkpoint_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    proc = run_cli("model=auto", "image=embedded:chelsea", "device=cpu", f"output_root={tmp_path}", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip() == ("cemap.run: error: model=auto reads its architecture from "
+                                                            "a checkpoint: give ckpt=PATH"), proc.stderr
 
 
 @pytest.mark.parametrize(

@@ -364,3 +364,10 @@ def test_a_damaged_cache_entry_is_rebuilt_with_a_warning(files, tmp_path, damage
     second = compute(cfg, out / "run2")
     assert second["origin_psnr"] == first["origin_psnr"] and second["n_positive"] == first["n_positive"]
     assert "damaged" in caplog.text and str(cache) in caplog.text
+
+
+def test_written_files_follow_the_umask_not_0600(tmp_path: Path) -> None:
+    mask = os.umask(0)
+    os.umask(mask)
+    path = results.atomic_write_json(tmp_path / "x.json", {"a": 1})
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # 0644 under the usual umask 022 (mkstemp alone: 0600)

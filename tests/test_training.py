@@ -152,3 +152,10 @@ def test_ddp_two_cpu_processes_match_one(tmp_path: Path) -> None:
     double = next((tmp_path / "two" / "models").glob("*/final.pth"))
     a, b = read_checkpoint(single), read_checkpoint(double)
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_training_cli_reports_a_bad_setting_in_one_line_with_exit_2(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "cemap.train", "model=dncnn_tiny", "task=denoise", "train.lr=nan",
+                           f"output_root={tmp_path}", "device=cpu"], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip() == "cemap.train: error: train.lr=nan: must be a finite number"

@@ -22,7 +22,7 @@ import cemap
 from cemap import results
 from cemap.estimators import Estimator, make_estimator
 from cemap.grid import ROI, Block, BlockGrid, GeometryError
-from cemap.imageio import to_tensor
+
 from cemap.locality import LocalityPlan, LocalitySettings, plan_for_model
 from cemap.metrics import ROIMetric, roi_metric
 from cemap.patches import PatchBank
@@ -38,11 +38,25 @@ class ModelOutputError(RuntimeError):
     """The model returned something a causal effect map cannot be computed from."""
 
 
+class DeviceError(ValueError):
+    """The configured device does not exist or is not available on this machine."""
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` picks CUDA when present, else the CPU; anything else is passed to ``torch.device``."""
+    """``auto`` picks CUDA when present, else the CPU; anything else must name a device this machine has."""
     if isinstance(device, str) and device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        d = torch.device(device)
+    except RuntimeError:
+        raise DeviceError(f"device={device!r} is not a device name (cpu, cuda, cuda:1, mps or auto)") from None
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"device={device!r} but this machine has no usable CUDA GPU; use device=cpu or device=auto")
+    if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
+        raise DeviceError(f"device={device!r} but this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if d.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"device={device!r} but MPS is not available here; use device=cpu or device=auto")
+    return d
 
 
 @contextlib.contextmanager

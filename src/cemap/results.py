@@ -49,6 +49,17 @@ class ResultWriteError(OSError):
     """A result could not be written (disk full, permissions); earlier files are left intact."""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()
+"""Mode of written files: what ``open()`` would give under the process umask (``mkstemp`` alone gives 0600, so a
+colleague on a shared cluster could not read the results)."""
+
+
 def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
     path = Path(path)
     try:
@@ -57,6 +68,7 @@ def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
     except OSError as exc:
         raise ResultWriteError(f"cannot write into {str(path.parent)!r}: {exc.strerror or exc}") from exc
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()

@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import os
-import sys
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -32,30 +31,22 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from cemap import results
-from cemap.checkpoint import CheckpointError, load_checkpoint
-from cemap.config import (
-    CONF_DIR,
-    compose_config,
-    drop_keys,
-    register_configs,
-    training_overrides,
-)
+from cemap.checkpoint import load_checkpoint
+from cemap.config import compose_config, drop_keys, training_overrides
 from cemap.data import load_image, patch_bank_from_config
 from cemap.decomposition import PixelDecomposition, first_order_map
-from cemap.engine import CausalEffectMap, ModelOutputError, resolve_device
+from cemap.engine import CausalEffectMap, resolve_device
 from cemap.estimators import EstimatorSettings, make_estimator
 from cemap.figures import save_cem_lam_figure, save_map_figure
-from cemap.grid import ROI, BlockGrid, GeometryError
-from cemap.imageio import ImageError, to_tensor, to_uint8
+from cemap.grid import ROI, BlockGrid
+from cemap.imageio import to_tensor, to_uint8
 from cemap.lam import LAM
 from cemap.locality import LocalitySettings
 from cemap.metrics import psnr
-from cemap.patches import PatchBank, PatchBankError
-from cemap.results import CEMResult, ResultLockedError, ResultWriteError
+from cemap.patches import PatchBank
+from cemap.results import CEMResult
 from cemap.stats import distance_map, summarize
 from cemap.tasks.base import Degraded, Task
-from cemap.validation import SettingError
-from cemap.zoo import ZooError
 
 log = logging.getLogger("cemap.run")
 
@@ -63,22 +54,6 @@ log = logging.getLogger("cemap.run")
 class MissingTrainedModel(FileNotFoundError):
     """``trained.schedule`` names a model that has not been trained yet."""
 
-
-USER_ERRORS = (
-    GeometryError,
-    ImageError,
-    PatchBankError,
-    CheckpointError,
-    ModelOutputError,
-    ResultWriteError,
-    ResultLockedError,
-    ZooError,
-    SettingError,
-    ValueError,
-    TypeError,
-    FileNotFoundError,
-)
-"""Errors caused by inputs or settings: reported in one line, not as a traceback."""
 
 RESULT_NEUTRAL_KEYS = ("progress", "output_root", "cem.batch_size", "cem.checkpoint_every_s", "figure_bound", "logger",
                        "wandb", "device", "subject", "experiment", "trained", "gradients")
@@ -309,8 +284,6 @@ def log_to_wandb(cfg: DictConfig, run_dir: Path, maps: list[CEMResult], folders:
     run.finish()
 
 
-_DEBUG = False
-
 
 def load_cached(cache: Path, folders: list[str]) -> list[CEMResult] | None:
     """The finished maps of this job, or None to compute them; a damaged entry is removed (with a warning naming
@@ -330,25 +303,15 @@ def load_cached(cache: Path, folders: list[str]) -> list[CEMResult] | None:
 
 
 def _task(cfg: DictConfig) -> None:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    try:
-        summary = compute(cfg, run_dir)
-    except USER_ERRORS as exc:
-        if _DEBUG:
-            raise
-        print(f"cemap.run: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    summary = compute(cfg, Path(HydraConfig.get().runtime.output_dir))
     print(json.dumps(summary, default=float), flush=True)
 
 
 def main() -> None:
-    """Entry point: strips ``--debug`` (tracebacks instead of one-line errors) and hands the rest to Hydra."""
-    global _DEBUG
-    if "--debug" in sys.argv:
-        sys.argv.remove("--debug")
-        _DEBUG = True
-    register_configs()
-    hydra.main(config_path=str(CONF_DIR), config_name="run", version_base="1.3")(_task)()
+    """Entry point (``--debug``: tracebacks instead of one-line errors; see cemap.cli)."""
+    from cemap.cli import hydra_entry
+
+    hydra_entry(_task, "run", "cemap.run")
 
 
 if __name__ == "__main__":

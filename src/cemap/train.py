@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from cemap import results
-from cemap.config import CONF_DIR, drop_keys, register_configs
+from cemap.config import CONF_DIR, drop_keys
 from cemap.engine import resolve_device
 from cemap.run import build_model
 from cemap.validation import SettingError, check_number
@@ -153,7 +153,7 @@ def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     return x.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else x
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(ValueError):
     """The loss became NaN or infinite: no final.pth is written (its weights would be NaN)."""
 
 
@@ -306,19 +306,17 @@ def check_schedule(s: DictConfig) -> None:
 
 
 def _task(cfg: DictConfig) -> None:
-    try:
-        final = train(cfg)
-    except (SettingError, TrainingDiverged) as exc:
-        print(f"cemap.train: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    final = train(cfg)
     evaluation = final.parent / EVAL
     if evaluation.is_file() and int(os.environ.get("RANK", "0")) == 0:
         print(evaluation.read_text().strip().replace("\n", " "), flush=True)
 
 
 def main() -> None:
-    register_configs()
-    hydra.main(config_path=str(CONF_DIR), config_name="training", version_base="1.3")(_task)()
+    """Entry point (``--debug``: tracebacks instead of one-line errors; see cemap.cli)."""
+    from cemap.cli import hydra_entry
+
+    hydra_entry(_task, "training", "cemap.train")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,9 @@ class SpandrelModel(nn.Module):
         self.info = ModelInfo(scale=scale, same_size=scale == 1, receptive_radius=None)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path) -> SpandrelModel:
+    def from_checkpoint(cls, path: str | Path | None) -> SpandrelModel:
+        if not path:
+            raise CheckpointError("model=auto reads its architecture from a checkpoint: give ckpt=PATH")
         try:
             import spandrel
         except ImportError as exc:

@@ -1,0 +1,79 @@
+"""What the command-line entry points (``python -m cemap.run``, ``python -m cemap.train``) do with errors: an error
+caused by the user's input or settings, Hydra's own configuration errors included, is one line on stderr and exit
+status 2; anything else is a bug and keeps its traceback. ``--debug`` shows tracebacks for everything."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+import hydra
+from hydra.errors import HydraException
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+from cemap.checkpoint import CheckpointError
+from cemap.config import CONF_DIR, register_configs
+from cemap.engine import ModelOutputError
+from cemap.grid import GeometryError
+from cemap.imageio import ImageError
+from cemap.patches import PatchBankError
+from cemap.results import ResultLockedError, ResultWriteError
+from cemap.validation import SettingError
+from cemap.zoo import ZooError
+
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    GeometryError,
+    ImageError,
+    PatchBankError,
+    CheckpointError,
+    ModelOutputError,
+    ResultWriteError,
+    ResultLockedError,
+    ZooError,
+    SettingError,
+    ValueError,
+    TypeError,
+    FileNotFoundError,
+)
+"""Errors caused by inputs or settings: reported in one line, not as a traceback."""
+
+SETUP_ERRORS: tuple[type[BaseException], ...] = (HydraException, OmegaConfBaseException, NotADirectoryError,
+                                                 PermissionError, IsADirectoryError, FileExistsError)
+"""Errors before a job starts: a misspelt key or a wrong type in the config, an output root that is a file or
+read-only."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` (or of the user error it wraps, as Hydra's instantiation errors do) on one line."""
+    cause = exc.__cause__ if isinstance(exc, HydraException) and isinstance(exc.__cause__, USER_ERRORS) else exc
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    return "; ".join(lines) or type(cause).__name__
+
+
+def hydra_entry(task: Callable[[DictConfig], None], config_name: str, prog: str) -> None:
+    """Run ``task`` under Hydra with the errors reported as the module docstring says."""
+    debug = "--debug" in sys.argv
+    if debug:
+        sys.argv.remove("--debug")
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # let errors reach this handler instead of Hydra's long report
+    register_configs()
+
+    def guarded(cfg: DictConfig) -> None:  # inside the job, so Hydra does not echo the failed job's overrides first
+        try:
+            task(cfg)
+        except (*USER_ERRORS, HydraException) as exc:  # Hydra's instantiation errors wrap the user error
+            _fail(prog, exc, debug)
+
+    try:
+        hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")(guarded)()
+    except (*SETUP_ERRORS, *USER_ERRORS) as exc:
+        _fail(prog, exc, debug)
+
+
+def _fail(prog: str, exc: BaseException, debug: bool) -> None:
+    if debug:
+        raise exc
+    print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
+    sys.exit(2)
