@@ -4,12 +4,15 @@ SIGKILL during a map or a training run, then resume; disk full; paths never leav
 from __future__ import annotations
 
 import errno
+import functools
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +35,14 @@ def _png(path: Path, array: np.ndarray, mode: str | None = None) -> str:
     return str(path)
 
 
+@functools.cache
+def _bomb_png() -> bytes:
+    """400 M pixels in 48 kB: over Pillow's decompression-bomb limit."""
+    buf = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 @pytest.fixture
 def files(tmp_path: Path) -> dict[str, str]:
     rng = np.random.default_rng(0)
@@ -44,6 +55,12 @@ def files(tmp_path: Path) -> dict[str, str]:
     _png(tmp_path / "transparent.png", rgba)
     (tmp_path / "empty_bank").mkdir()
     np.savez(tmp_path / "badbank.npz", patches=np.zeros((4, 8, 6, 3), np.uint8))
+    header = io.BytesIO()  # a header declaring 143 GiB in a file of a few hundred bytes
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False,
+                                                  "shape": (2_000_000, 160, 160, 3)})
+    with zipfile.ZipFile(tmp_path / "hugebank.npz", "w") as z:
+        z.writestr("patches.npy", header.getvalue() + bytes(100))
+    (tmp_path / "bomb.png").write_bytes(_bomb_png())
     torch.manual_seed(0)
     from cemap.models import DnCNN
 
@@ -77,6 +94,8 @@ BAD_INPUTS = [
     (["image={good}", "cem.metric=lpips"], "ValueError", "unknown metric 'lpips'"),
     (["image={good}", "cem.shard=3/3"], "ValueError", "cem.shard='3/3'"),
     (["image={good}", "trained.schedule=tiny_dncnn"], "MissingTrainedModel", "train it first: python -m cemap.train"),
+    (["image={dir}/bomb.png"], "ImageError", "too large to open safely"),
+    (["image={good}", "patches.source=npz", "patches.path={dir}/hugebank.npz"], "PatchBankError", "143 GiB"),
     (["image={good}", "cem.tol=nan"], "SettingError", "cem.tol=nan: must be a finite number"),
     (["image={good}", "cem.tol=-0.01"], "SettingError", "cem.tol=-0.01: must be >= 0.0"),
     (["image={good}", "cem.z=nan"], "SettingError", "cem.z=nan: must be a finite number"),

@@ -72,6 +72,8 @@ def read_image(path: str | Path) -> np.ndarray:
             elif im.mode == "CMYK":
                 im = im.convert("RGB")
             arr = np.asarray(im)
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"image {str(p)!r} is too large to open safely ({exc})") from exc
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise ImageError(f"image {str(p)!r} cannot be read as an image (truncated or not an image file): {exc}") from exc
     except PermissionError as exc:

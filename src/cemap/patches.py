@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,26 @@ def sharpness(patches: np.ndarray) -> np.ndarray:
         - gray[:, 1:-1, 2:]
     )
     return np.abs(lap).mean(axis=(1, 2))
+
+
+def check_declared_size(path: Path) -> None:
+    """Refuse an npz whose ``patches`` header declares more bytes than the file holds (a damaged or hostile header
+    asked np.load for 715 GiB), before anything is allocated."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            info = z.getinfo("patches.npy")
+            with z.open(info) as fh:
+                version = np.lib.format.read_magic(fh)
+                readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+                if version not in readers:
+                    return
+                shape, _, dtype = readers[version](fh)
+    except (KeyError, zipfile.BadZipFile, ValueError, OSError, EOFError):
+        return  # np.load below reports what is wrong with the file
+    declared = int(np.prod(shape, dtype=np.float64)) * np.dtype(dtype).itemsize
+    if declared > info.file_size:
+        raise PatchBankError(f"patch bank {str(path)!r} declares a {shape} {dtype} array ({declared / 2**30:.3g} GiB) "
+                             f"but holds {info.file_size} bytes: the file is damaged")
 
 
 @dataclass
@@ -171,16 +192,17 @@ class PatchBank:
         p = Path(path)
         if not p.is_file():
             raise PatchBankError(f"patch bank {str(p)!r} does not exist")
+        check_declared_size(p)
         try:
             with np.load(p, allow_pickle=False) as data:
                 if "patches" not in data:
                     raise PatchBankError(f"{str(p)!r} has no 'patches' array (keys: {sorted(data.keys())})")
                 patches = data["patches"]
                 source = str(data["source"]) if "source" in data else f"npz:{p.name}"
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, MemoryError) as exc:
             if isinstance(exc, PatchBankError):
                 raise
-            raise PatchBankError(f"patch bank {str(p)!r} cannot be read: {exc}") from exc
+            raise PatchBankError(f"patch bank {str(p)!r} cannot be read: {exc!r}") from exc
         return cls(patches, source=source)
 
     def save(self, path: str | Path) -> Path:
