@@ -390,3 +390,23 @@ def test_written_files_follow_the_umask_not_0600(tmp_path: Path) -> None:
     os.umask(mask)
     path = results.atomic_write_json(tmp_path / "x.json", {"a": 1})
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # 0644 under the usual umask 022 (mkstemp alone: 0600)
+
+
+def test_a_lab_tiff_is_refused_not_read_as_rgb(tmp_path: Path) -> None:
+    from cemap.imageio import ImageError
+
+    Image.new("LAB", (8, 8), (50, 20, 30)).save(tmp_path / "lab.tif")
+    with pytest.raises(ImageError, match="colour mode LAB"):
+        read_image(tmp_path / "lab.tif")
+
+
+def test_exif_orientation_is_applied_and_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    stored = np.zeros((8, 16, 3), dtype=np.uint8)
+    stored[0, :4] = 255  # a mark in the stored top-left corner
+    exif = Image.Exif()
+    exif[0x0112] = 6  # the camera was turned: show rotated 90 degrees clockwise
+    Image.fromarray(stored).save(tmp_path / "turned.png", exif=exif)
+    with caplog.at_level("INFO"):
+        shown = read_image(tmp_path / "turned.png")
+    assert shown.shape == (16, 8, 3) and np.array_equal(shown, np.rot90(stored, k=-1))
+    assert "EXIF orientation 6 applied" in caplog.text

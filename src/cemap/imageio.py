@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,20 @@ def to_rgb8(array: np.ndarray, what: str = "image") -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
+READABLE_MODES = ("RGB", "RGBA", "RGBX", "L", "LA", "P", "1", "I;16", "I;16B", "I;16L", "I", "F", "CMYK", "YCbCr")
+"""Pillow modes read (or converted) as RGB; others (LAB, HSV) are refused rather than read as if they were RGB."""
+
+
+def upright(im: Image.Image, name: str) -> Image.Image:
+    """The picture as a viewer shows it: a camera's EXIF orientation applied, so ROI coordinates refer to what the
+    user sees (logged, since the array differs from the stored one)."""
+    orientation = im.getexif().get(0x0112, 1)
+    if orientation in (None, 1):
+        return im
+    log.info("%s: EXIF orientation %s applied", name, orientation)
+    return ImageOps.exif_transpose(im)
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image file as H x W x 3 uint8 RGB (palette, gray, RGBA and 16-bit files are converted)."""
     p = Path(path)
@@ -61,8 +75,14 @@ def read_image(path: str | Path) -> np.ndarray:
     if not p.is_file():
         raise ImageError(f"image {str(p)!r} is not a file")
     try:
-        with Image.open(p) as im:
-            im.load()
+        with Image.open(p) as opened:
+            opened.load()
+            im = upright(opened, p.name)
+            if im.mode not in READABLE_MODES:
+                raise ImageError(f"image {str(p)!r} is in colour mode {im.mode}, not RGB or gray; convert it to sRGB "
+                                 "first (reading its channels as RGB would give wrong colours)")
+            if im.mode in ("YCbCr", "1"):
+                im = im.convert("RGB" if im.mode == "YCbCr" else "L")
             if im.mode == "P":
                 log.info("%s: palette image converted to RGB(A)", p.name)
                 im = im.convert("RGBA" if "transparency" in im.info else "RGB")
