@@ -103,7 +103,8 @@ def test_summary_statistics_on_a_known_map() -> None:
     eff[6, 6] = 0.005        # below tol: not significant
     s = summarize(synthetic_result(eff, roi))
     assert (s["n_positive"], s["n_negative"], s["n_zero"]) == (1, 1, 46)
-    assert s["effect_min_at"] == [0, 0] and s["effect_max_at"] == [3, 3]
+    assert s["effect_min_at"] == [0, 0] and s["effect_max_at"] == [2, 3]  # outside the ROI
+    assert (s["effect_min"], s["effect_max"]) == (-0.5, 0.5) and s["roi_effect_max"] == 1.0
     assert s["negative_mass_fraction"] == pytest.approx(0.5)
     assert effective_radius(synthetic_result(eff, roi)) == 3   # 1.5 of 2.0 within d<=1 is 75% < 90%
     assert s["paper_n_positive_incl_roi"] == 3

@@ -255,8 +255,8 @@ def _combine(per_roi: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         origin_key: float(np.mean([s[origin_key] for s in per_roi])),
         **{k: int(sum(s[k] for s in per_roi)) for k in ("n_positive", "n_negative", "n_zero")},
-        "effect_min": min(s["effect_min"] for s in per_roi),
-        "effect_max": max(s["effect_max"] for s in per_roi),
+        "effect_min": min((s["effect_min"] for s in per_roi if s["effect_min"] is not None), default=None),
+        "effect_max": max((s["effect_max"] for s in per_roi if s["effect_max"] is not None), default=None),
         "rois": per_roi,
     }
 

@@ -54,13 +54,23 @@ def effective_radius(result: CEMResult, mass: float = RADIUS_MASS) -> int | None
     return int(np.searchsorted(np.cumsum(profile) / total, mass - 1e-12))
 
 
+def extremes(effects: np.ndarray, where: np.ndarray, prefix: str) -> dict[str, Any]:
+    """Smallest and largest effect among the blocks ``where`` and their (row, col); None when there are none."""
+    if not where.any():
+        return {f"{prefix}_min": None, f"{prefix}_max": None, f"{prefix}_min_at": None, f"{prefix}_max_at": None}
+    masked_min, masked_max = np.where(where, effects, np.inf), np.where(where, effects, -np.inf)
+    lo, hi = int(np.argmin(masked_min)), int(np.argmax(masked_max))
+    return {f"{prefix}_min": float(effects.flat[lo]), f"{prefix}_max": float(effects.flat[hi]),
+            f"{prefix}_min_at": [int(v) for v in np.unravel_index(lo, effects.shape)],
+            f"{prefix}_max_at": [int(v) for v in np.unravel_index(hi, effects.shape)]}
+
+
 def summarize(result: CEMResult) -> dict[str, Any]:
     """The map's headline numbers (JSON-ready); blocks outside a computed shard are left out."""
     computed = result.status != STATUS_NOT_COMPUTED
     eff, sig, roi = np.where(computed, result.effects, 0.0), result.significant, result.roi_mask
     out = ~roi & computed
     pos, neg = out & sig & (eff > 0), out & sig & (eff < 0)
-    flat_max, flat_min = int(np.argmax(eff)), int(np.argmin(eff))
     abs_pos, abs_neg = float(eff[pos].sum()), float(-eff[neg].sum())
     radius = effective_radius(result)
     block = int(result.meta.get("block_size", 1))
@@ -71,10 +81,8 @@ def summarize(result: CEMResult) -> dict[str, Any]:
         "n_positive": int(pos.sum()),
         "n_negative": int(neg.sum()),
         "n_zero": int((out & ~(pos | neg)).sum()),
-        "effect_min": float(eff.min()),
-        "effect_max": float(eff.max()),
-        "effect_min_at": [int(v) for v in np.unravel_index(flat_min, eff.shape)],
-        "effect_max_at": [int(v) for v in np.unravel_index(flat_max, eff.shape)],
+        **extremes(eff, out, "effect"),  # outside the ROI: what a map is read for
+        **extremes(eff, roi & computed, "roi_effect"),
         "negative_mass_fraction": abs_neg / (abs_pos + abs_neg) if abs_pos + abs_neg > 0 else 0.0,
         "effective_radius_blocks": radius,
         "effective_radius_px": None if radius is None else radius * block,
