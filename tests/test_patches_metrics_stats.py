@@ -125,3 +125,22 @@ def test_psnr_of_a_nan_output_is_nan_and_identical_images_get_the_cap() -> None:
     pred[1, 0, 0, 0] = float("nan")
     values = psnr(pred, target)
     assert values[0].item() == 100.0 and torch.isnan(values[1])
+
+
+def test_the_colour_scale_is_set_by_the_effects_outside_the_roi() -> None:
+    import matplotlib.pyplot as plt
+
+    from cemap.figures import CMAP, color_bound, map_rgba
+
+    eff, roi = np.zeros((5, 5)), np.zeros((5, 5), bool)
+    roi[2, 2], eff[2, 2] = True, 1.0          # the ROI's own block, 100x the rest
+    eff[0, 0], eff[4, 4] = 0.01, -0.01         # significant outside blocks
+    eff[0, 4] = 0.005                          # below tol: not significant
+    result = synthetic_result(eff, roi)
+    bound = color_bound(result)
+    assert bound == pytest.approx(0.01)
+    rgba = map_rgba(result, bound)
+    cmap = plt.get_cmap(CMAP)
+    assert np.allclose(rgba[0, 0], cmap(1.0)) and np.allclose(rgba[4, 4], cmap(0.0))  # full colour, not white
+    assert np.allclose(rgba[2, 2], cmap(1.0))                                          # the ROI saturates
+    assert rgba[0, 4, :3].min() > 0.7                                                  # pale: not significant
