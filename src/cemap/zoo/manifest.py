@@ -100,14 +100,14 @@ def load_manifest(path: str | Path = MANIFEST) -> Manifest:
     assert isinstance(node, dict)
     jobs = []
     for e in node["entries"]:
-        unknown = set(e) - {"name", "model", "task", "mix", "schedule", "steps", "seeds", "floor"}
+        unknown = set(e) - {"name", "model", "task", "mix", "schedule", "steps", "seeds", "floor", "data"}
         if unknown or e["floor"] not in FLOOR_KINDS or bool(e.get("task")) == bool(e.get("mix")):
             raise ValueError(f"bad zoo entry {e}: unknown keys {sorted(unknown)}, floor must be one of {FLOOR_KINDS}, "
                              "and exactly one of task / mix")
         mix = dict(node["mix"]) if e.get("mix") else None
         for seed, steps in zip(e["seeds"], _steps_per_seed(e)):
             jobs.append(Job(e["name"], e["model"], e.get("task"), mix, e["schedule"], steps, int(seed),
-                            e["floor"], node["data"]))
+                            e["floor"], e.get("data", node["data"])))  # an entry may keep the data it shipped with
     groups = {k: list(v) for k, v in node.get("groups", {}).items()}
     equal = [list(names) for names in node.get("equal_steps", [])]
     unknown = {n for names in [*groups.values(), *equal] for n in names} - {j.name for j in jobs}
