@@ -117,12 +117,13 @@ def train_missing(args: argparse.Namespace, subjects: list[str]) -> None:
         if (run_dir(compose_config("training", overrides)) / FINAL).is_file():
             print(f"  {subject}: trained model found in the cache", flush=True)
             continue
-        sh([sys.executable, "-m", "cemap.train", *overrides, "progress=false"])
+        sh([sys.executable, "-m", "cemap.train", *overrides, f"progress={str(not args.quiet).lower()}"])
 
 
 def sweep(args: argparse.Namespace, subjects: list[str]) -> None:
     cmd = [sys.executable, "-m", "cemap.run", "-m", *base_overrides(args, subjects), f"logger={args.logger}",
-           f"hydra.sweep.dir={sweep_folder(args, args.experiment)}"]
+           f"hydra.sweep.dir={sweep_folder(args, args.experiment)}",
+           f"progress={str(not args.quiet and args.jobs == 1).lower()}"]  # parallel jobs' bars would interleave
     if args.jobs > 1:
         cmd += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.jobs}"]
     sh(cmd)
@@ -190,6 +191,7 @@ def main() -> None:
     parser.add_argument("--stage", choices=["all", "train", "maps", "analyse"], default="all")
     parser.add_argument("--jobs", type=int, default=1, help="parallel sweep jobs (joblib launcher)")
     parser.add_argument("--logger", choices=["none", "wandb"], default="none")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars (training steps, map blocks)")
     parser.add_argument("--output-root", default=str(REPO / "outputs"))
     parser.add_argument("--results-dir", default=None)
     parser.add_argument("--images", nargs="*", default=None, help="image paths (paper profile)")
