@@ -6,11 +6,14 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 PROFILE ?= tiny
-RUNNER := $(PY) experiments/runner.py
+# PROFILE=tiny (default: trains tiny models, CPU) | bench (the shipped bench zoo, CPU, hours) | paper (the authors'
+# checkpoints in CKPT_DIR, on a GPU); IMAGES=a folder of test images for the paper profile (e.g. the demo images)
+IMAGES ?=
+RUNNER := $(PY) experiments/runner.py $(if $(IMAGES),--images-dir $(IMAGES))
 
 .DEFAULT_GOAL := help
 
-help: ## Show this help
+help: ## Show this help (variables: PROFILE=tiny|bench|paper, CKPT_DIR=authors' checkpoints, IMAGES=image folder)
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
 
 $(STAMP): requirements.lock pyproject.toml

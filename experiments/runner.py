@@ -3,6 +3,7 @@
     python experiments/runner.py dn_channel_attention                 # PROFILE=tiny: trains tiny models, 64 px crops
     python experiments/runner.py dn_channel_attention --profile bench # the shipped bench zoo, 128 px crops, no training
     python experiments/runner.py dn_channel_attention --profile paper --images A.png B.png   # CKPT_DIR=... on a GPU
+    python experiments/runner.py dn_channel_attention --profile paper --images-dir DIR      # every image in DIR
     python experiments/runner.py dn_channel_attention --smoke --output-root /tmp/x --results-dir /tmp/x/results
 
 Every step is a visible command (printed with a leading ``$``): ``python -m cemap.train`` for each model not yet in
@@ -76,6 +77,17 @@ def profile_overrides(sweep_node, images: list[str] | None = None) -> list[str]:
     return [f"{target}={json.dumps(node[key])}" for key, target in SWEEP_KEYS.items()]
 
 
+def images_in(folder: Path) -> list[str]:
+    from cemap.patches import IMAGE_SUFFIXES
+
+    if not folder.is_dir():
+        raise SystemExit(f"--images-dir {folder} is not a folder")
+    files = sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise SystemExit(f"--images-dir {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
 def experiment_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return compose_config("run", base_overrides(args), with_choices=True)
 
@@ -106,6 +118,31 @@ def available(args: argparse.Namespace, subjects: list[str]) -> list[str]:
             continue
         keep.append(subject)
     return keep
+
+
+def check_inputs(args: argparse.Namespace, subjects: list[str]) -> None:
+    """Before any job: every image given exists and every subject's checkpoint exists and loads strictly (its
+    sha256 printed); all problems are listed in one message, instead of a job failing hours into a sweep."""
+    from cemap.checkpoint import CheckpointError, load_checkpoint
+    from cemap.run import build_model
+
+    problems = [f"image {p} does not exist" for p in args.images or [] if not Path(p).is_file()]
+    for subject in subjects:
+        cfg = compose_config("run", [*base_overrides(args), f"subject={subject}"], with_choices=True)
+        if not cfg.ckpt:
+            continue
+        path = Path(str(cfg.ckpt))
+        if not path.is_file():
+            problems.append(f"{subject}: checkpoint {path} does not exist")
+            continue
+        try:
+            sha = load_checkpoint(build_model(cfg.model)[0], path, strict=cfg.strict)
+        except CheckpointError as exc:
+            problems.append(f"{subject}: {exc}")
+            continue
+        print(f"  {subject}: {path} (sha256 {sha[:16]}) loads", flush=True)
+    if problems:
+        raise SystemExit("nothing was run; fix these inputs first (CKPT_DIR, --images):\n  " + "\n  ".join(problems))
 
 
 def train_missing(args: argparse.Namespace, subjects: list[str]) -> None:
@@ -195,10 +232,15 @@ def main() -> None:
     parser.add_argument("--output-root", default=str(REPO / "outputs"))
     parser.add_argument("--results-dir", default=None)
     parser.add_argument("--images", nargs="*", default=None, help="image paths (paper profile)")
+    parser.add_argument("--images-dir", default=None, help="a folder of test images (e.g. Set14, the demo images)")
     args = parser.parse_args()
+    if args.images_dir:
+        args.images = [*(args.images or []), *images_in(Path(args.images_dir))]
     started = time.perf_counter()
     cfg = experiment_config(args)
     subjects = available(args, list(cfg.experiment.subjects))
+    if args.stage in ("all", "maps"):
+        check_inputs(args, subjects)
     if args.stage in ("all", "train"):
         train_missing(args, subjects)
     if args.stage in ("all", "maps"):

@@ -4,6 +4,7 @@ the notebook executes; the report renders."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 from omegaconf import OmegaConf
+from PIL import Image
 
 from cemap.config import compose_config
 from tests.conftest import REPO
@@ -174,3 +176,18 @@ def test_bench_profile_sets_the_geometry_and_skips_models_that_do_not_ship(tmp_p
     assert runner.sweep_folder(args, "dn_channel_attention").name == "dn_channel_attention-bench"
     with pytest.raises(SystemExit, match="does not define"):
         runner.base_overrides(SimpleNamespace(**{**vars(args), "experiment": "ab_samples"}))
+
+
+def test_paper_profile_lists_every_missing_checkpoint_before_any_job(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (32, 32)).save(images / "a.png")
+    proc = subprocess.run([sys.executable, "experiments/runner.py", "dn_channel_attention", "--profile", "paper",
+                           "--images-dir", str(images), "--output-root", str(tmp_path / "out"), "--quiet"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "CKPT_DIR": str(tmp_path / "ckpts")})
+    assert proc.returncode != 0 and "nothing was run" in proc.stderr
+    paper = OmegaConf.load(REPO / "conf" / "experiment" / "dn_channel_attention.yaml")
+    with_ckpt = [s for s in paper.experiment.paper.subjects if s.startswith("p_")]
+    assert all(f"{s}: checkpoint {tmp_path / 'ckpts'}" in proc.stderr for s in with_ckpt), proc.stderr
+    assert not (tmp_path / "out" / "experiments").exists()
