@@ -191,3 +191,11 @@ def test_paper_profile_lists_every_missing_checkpoint_before_any_job(tmp_path: P
     with_ckpt = [s for s in paper.experiment.paper.subjects if s.startswith("p_")]
     assert all(f"{s}: checkpoint {tmp_path / 'ckpts'}" in proc.stderr for s in with_ckpt), proc.stderr
     assert not (tmp_path / "out" / "experiments").exists()
+
+
+def test_the_paper_checkpoint_list_names_every_paper_subjects_file() -> None:
+    listed = OmegaConf.load(REPO / "conf" / "paper_checkpoints.yaml").checkpoints
+    for path in sorted((REPO / "conf" / "subject").glob("p_*.yaml")):
+        ckpt = str(OmegaConf.load(path).get("ckpt", ""))
+        name = ckpt.rsplit("/", 1)[-1]
+        assert name in listed and path.stem in listed[name], f"{path.stem}: {name} not listed for it"
