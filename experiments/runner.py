@@ -61,6 +61,21 @@ def base_overrides(args: argparse.Namespace, subjects: list[str] | None = None) 
         subjects = list(node.subjects) if subjects is None else subjects
     if subjects is not None:
         out.append("experiment.subjects=[" + ",".join(subjects) + "]")
+    return out + user_overrides(args)
+
+
+def user_overrides(args: argparse.Namespace) -> list[str]:
+    """The command line's own choices, which win over the profile's: patch pool, crop, ROIs, draws, estimator,
+    device (``--patches`` takes an npz bank or a folder of images or patch files to draw from)."""
+    out = []
+    if getattr(args, "patches", None):
+        source = "npz" if Path(args.patches).suffix == ".npz" else "folder"
+        out += [f"patches.source={source}", f"patches.path={args.patches}"]
+    for option, key in (("crop", "crop"), ("samples", "cem.n_samples"), ("estimator", "cem.estimator"),
+                        ("device", "device"), ("rois", "rois")):
+        value = getattr(args, option, None)
+        if value is not None:
+            out.append(f"{key}={value}")
     return out
 
 
@@ -233,6 +248,13 @@ def main() -> None:
     parser.add_argument("--results-dir", default=None)
     parser.add_argument("--images", nargs="*", default=None, help="image paths (paper profile)")
     parser.add_argument("--images-dir", default=None, help="a folder of test images (e.g. Set14, the demo images)")
+    parser.add_argument("--patches", default=None, help="intervention pool: an npz bank, or a folder of images "
+                        "(e.g. DIV2K_train_HR) or patch files to draw from")
+    parser.add_argument("--crop", type=int, default=None, help="centre crop of every image (px)")
+    parser.add_argument("--rois", default=None, help="ROIs as JSON, e.g. '[[96,152,32]]' (x, y, size)")
+    parser.add_argument("--samples", type=int, default=None, help="draws per block (cem.n_samples)")
+    parser.add_argument("--estimator", default=None, help="fixed, reference or adaptive")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, auto")
     args = parser.parse_args()
     if args.images_dir:
         args.images = [*(args.images or []), *images_in(Path(args.images_dir))]

@@ -199,3 +199,16 @@ def test_the_paper_checkpoint_list_names_every_paper_subjects_file() -> None:
         ckpt = str(OmegaConf.load(path).get("ckpt", ""))
         name = ckpt.rsplit("/", 1)[-1]
         assert name in listed and path.stem in listed[name], f"{path.stem}: {name} not listed for it"
+
+
+def test_command_line_choices_win_over_the_profile(tmp_path: Path) -> None:
+    runner = load_runner()
+    args = SimpleNamespace(experiment="dn_channel_attention", output_root=str(tmp_path), profile="bench", smoke=False,
+                           images=None, patches=str(tmp_path / "pool.npz"), crop=96, rois="[[8,8,16]]", samples=3,
+                           estimator="adaptive", device="cpu")
+    cfg = compose_config("run", [*runner.base_overrides(args), "subject=ctl_dn_local"], with_choices=True)
+    assert (cfg.patches.source, cfg.patches.path) == ("npz", str(tmp_path / "pool.npz"))
+    assert (cfg.crop, list(map(list, cfg.rois)), cfg.cem.n_samples, cfg.cem.estimator, cfg.device) == \
+        (96, [[8, 8, 16]], 3, "adaptive", "cpu")
+    folder = runner.user_overrides(SimpleNamespace(patches=str(tmp_path)))
+    assert folder == ["patches.source=folder", f"patches.path={tmp_path}"]
