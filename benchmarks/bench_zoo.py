@@ -21,7 +21,7 @@ from cemap import ROI, CausalEffectMap, Fixed
 from cemap.config import compose_config
 from cemap.data import center_crop, default_patch_bank, embedded_image
 from cemap.imageio import to_tensor
-from cemap.run import build_model
+from cemap.models import build_model
 from cemap.zoo.manifest import load_manifest
 from cemap.zoo.quality import task_of
 

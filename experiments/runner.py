@@ -139,7 +139,7 @@ def check_inputs(args: argparse.Namespace, subjects: list[str]) -> None:
     """Before any job: every image given exists and every subject's checkpoint exists and loads strictly (its
     sha256 printed); all problems are listed in one message, instead of a job failing hours into a sweep."""
     from cemap.checkpoint import CheckpointError, load_checkpoint
-    from cemap.run import build_model
+    from cemap.models import build_model
 
     problems = [f"image {p} does not exist" for p in args.images or [] if not Path(p).is_file()]
     for subject in subjects:

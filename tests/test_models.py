@@ -14,7 +14,7 @@ from cemap.checkpoint import load_checkpoint
 from cemap.config import register_configs
 from cemap.models import AUTHOR_LAYOUTS, MODELS, model_class, model_info
 from cemap.models.rcan import RCAN, ChannelAttention
-from cemap.run import build_model
+from cemap.models import build_model
 from tests.conftest import REPO
 
 PRESETS = sorted(p.stem for p in (REPO / "conf" / "model").glob("*.yaml"))

@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 
 from cemap.checkpoint import load_checkpoint, read_checkpoint
 from cemap.config import register_configs
-from cemap.run import build_model
+from cemap.models import build_model
 from cemap.tasks import Denoise, Derain, SuperResolution
 from cemap.train import TrainingDiverged, run_dir, train
 from cemap.training import PatchSampler
@@ -159,3 +159,10 @@ def test_training_cli_reports_a_bad_setting_in_one_line_with_exit_2(tmp_path: Pa
                            f"output_root={tmp_path}", "device=cpu"], cwd=REPO, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip() == "cemap.train: error: train.lr=nan: must be a finite number"
+
+
+def test_the_trainer_does_not_load_the_map_cli_lam_or_figures() -> None:
+    code = ("import sys, cemap.train; print(sorted(m for m in ('cemap.run', 'cemap.lam', 'cemap.figures', "
+            "'cemap.decomposition') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr

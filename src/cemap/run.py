@@ -43,6 +43,7 @@ from cemap.imageio import to_tensor, to_uint8
 from cemap.lam import LAM
 from cemap.locality import LocalitySettings
 from cemap.metrics import psnr
+from cemap.models import build_model
 from cemap.patches import PatchBank
 from cemap.results import CEMResult
 from cemap.stats import distance_map, summarize
@@ -59,13 +60,6 @@ RESULT_NEUTRAL_KEYS = ("progress", "output_root", "cem.batch_size", "cem.checkpo
                        "wandb", "device", "subject", "experiment", "trained", "gradients")
 """Settings that change speed, presentation or bookkeeping but never the map, left out of the job key (the
 checkpoint actually used enters the key through its sha256)."""
-
-
-def build_model(model_cfg: DictConfig) -> tuple[torch.nn.Module, str]:
-    node = OmegaConf.to_container(model_cfg, resolve=True)
-    assert isinstance(node, dict)
-    name = str(node.pop("name", node.get("_target_", "model")))
-    return hydra.utils.instantiate(node), name
 
 
 def job_key(cfg: DictConfig, image: np.ndarray, ckpt_sha: str | None, device: torch.device) -> str:

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from cemap import results
 from cemap.config import CONF_DIR, drop_keys
 from cemap.engine import resolve_device
-from cemap.run import build_model
+from cemap.models import build_model
 from cemap.validation import SettingError, check_number
 from cemap.training import (
     EMA,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from importlib import import_module
 
+from omegaconf import DictConfig
 from torch import nn
 
 from cemap.models.base import ModelInfo
@@ -83,4 +84,16 @@ def model_info(model: object) -> ModelInfo:
     return info if isinstance(info, ModelInfo) else ModelInfo()
 
 
-__all__ = ["MODELS", "DnCNN", "ModelInfo", "create_model", "model_class", "model_info"]
+def build_model(model_cfg: DictConfig) -> tuple[nn.Module, str]:
+    """The model a ``conf/model`` node describes (its ``_target_`` and arguments) and its name; used by the map CLI,
+    the trainer and the runner alike, so none of them imports another."""
+    import hydra
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.to_container(model_cfg, resolve=True)
+    assert isinstance(node, dict)
+    name = str(node.pop("name", node.get("_target_", "model")))
+    return hydra.utils.instantiate(node), name
+
+
+__all__ = ["MODELS", "DnCNN", "ModelInfo", "build_model", "create_model", "model_class", "model_info"]
