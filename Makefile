@@ -82,6 +82,9 @@ train-zoo: $(STAMP) ## Retrain the bench zoo (conf/zoo/bench.yaml; GPU when pres
 	$(PY) experiments/train_zoo.py compare
 
 WHEEL_PLATFORMS := --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
+notebook: $(STAMP) ## Execute notebooks/explore_cem.ipynb (nbclient, no Jupyter server) into outputs/notebooks/
+	$(PY) experiments/run_notebook.py
+
 gpu-wheels: $(STAMP) ## Wheels the device tool's GPU machine lacks (hydra, omegaconf, basicsr, ...) into .whl/ (git-ignored)
 	@grep -qx '/.whl/' .git/info/exclude || echo '/.whl/' >> .git/info/exclude
 	$(PY) -m pip download --quiet --no-deps --only-binary=:all: $(WHEEL_PLATFORMS) -d .whl \
