@@ -22,7 +22,6 @@ import cemap
 from cemap import results
 from cemap.estimators import Estimator, make_estimator
 from cemap.grid import ROI, Block, BlockGrid, GeometryError
-
 from cemap.locality import LocalityPlan, LocalitySettings, plan_for_model
 from cemap.metrics import ROIMetric, roi_metric
 from cemap.patches import PatchBank

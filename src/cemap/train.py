@@ -171,7 +171,7 @@ def slice_deadline(cfg: DictConfig, started: float, world: int) -> float | None:
     if cfg.max_minutes_this_run is None:
         return None
     if not cfg.max_minutes_this_run > 0 or world > 1:
-        raise ValueError(f"max_minutes_this_run={cfg.max_minutes_this_run}: must be > 0, and only without torchrun")
+        raise SettingError(f"max_minutes_this_run={cfg.max_minutes_this_run}: must be > 0, and only without torchrun")
     return started + 60.0 * float(cfg.max_minutes_this_run)
 
 
