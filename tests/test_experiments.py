@@ -75,6 +75,7 @@ def run_sweep(out: Path, *extra: str) -> list[dict]:
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
 
 
+@pytest.mark.slow  # the joblib launcher stays in the fast suite through test_cli_shards_with_joblib_then_merge
 def test_joblib_multirun_is_idempotent(tmp_path: Path) -> None:
     first = run_sweep(tmp_path)
     assert len(first) == 2 and not any(s["cached"] for s in first)

@@ -272,6 +272,7 @@ TRAIN_ARGS = ["model=dncnn_tiny", "task=denoise", "train.steps=40", "train.batch
               "val_data.crop=32", "device=cpu", "progress=false"]
 
 
+@pytest.mark.slow  # resuming from last.pth stays in the fast suite (tests/test_training.py, in-process)
 def test_sigkill_during_training_then_resume(tmp_path: Path) -> None:
     killed = subprocess.Popen([sys.executable, "-m", "cemap.train", *TRAIN_ARGS, f"output_root={tmp_path / 'a'}"],
                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -410,3 +411,15 @@ def test_exif_orientation_is_applied_and_logged(tmp_path: Path, caplog: pytest.L
         shown = read_image(tmp_path / "turned.png")
     assert shown.shape == (16, 8, 3) and np.array_equal(shown, np.rot90(stored, k=-1))
     assert "EXIF orientation 6 applied" in caplog.text
+
+
+@pytest.mark.parametrize("device,message", [
+    ("foo", "is not a device name"),
+    pytest.param("cuda", "no usable CUDA GPU",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")),
+])
+def test_an_unusable_device_is_a_device_error(device: str, message: str) -> None:
+    from cemap.engine import DeviceError, resolve_device
+
+    with pytest.raises(DeviceError, match=message):
+        resolve_device(device)
