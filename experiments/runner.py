@@ -93,14 +93,13 @@ def profile_overrides(sweep_node, images: list[str] | None = None) -> list[str]:
 
 
 def images_in(folder: Path) -> list[str]:
-    from cemap.patches import IMAGE_SUFFIXES
+    """Every image file of ``folder``, sorted (the data module's own listing, with its messages)."""
+    from cemap.data import FolderSet
 
-    if not folder.is_dir():
-        raise SystemExit(f"--images-dir {folder} is not a folder")
-    files = sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise SystemExit(f"--images-dir {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    return files
+    try:
+        return [str(f) for f in FolderSet(gt=str(folder)).files()]
+    except FileNotFoundError as exc:
+        raise SystemExit(f"--images-dir: {exc}") from None
 
 
 def experiment_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]

@@ -29,6 +29,9 @@ import tarfile
 import time
 from pathlib import Path
 
+import torch
+from omegaconf import OmegaConf
+
 from cemap import results
 from cemap.config import compose_config
 from cemap.train import EVAL, FINAL, LAST, METRICS, run_dir, training_key
@@ -121,8 +124,6 @@ def train_all(plan: list[tuple[str, Job, Path]], device: str, steps: dict[str, i
 
 def resume_step(directory: Path) -> int:
     """The step a job's training starts from: that of its ``last.pth`` (carried from an earlier lease), else 0."""
-    import torch
-
     last = directory / LAST
     return int(torch.load(last, map_location="cpu", weights_only=True)["iter"]) if last.is_file() else 0
 
@@ -139,16 +140,12 @@ def job_status(job: Job, root: Path, steps: int, returncode: int | None, start: 
 def resume_from(jobs: list[Job], steps: dict[str, int], root: Path, state: Path) -> None:
     """Put every carried ``<key>.last.pth`` (with the metrics and leases so far) where its job resumes; a checkpoint
     of other settings (another step count, schedule, data) is refused rather than silently continued."""
-    import torch
-
     for j in jobs:
         carried = state / f"{j.key}.last.pth"
         d = job_dir(j, root, steps[j.key])
         if not carried.is_file() or (d / FINAL).is_file() or (d / LAST).is_file():
             continue
         config = torch.load(carried, map_location="cpu", weights_only=True)["config"]
-        from omegaconf import OmegaConf
-
         if not d.name.endswith(training_key(OmegaConf.create(config))):
             sys.exit(f"{carried}: trained with other settings than {j.key} at {steps[j.key]} steps; not resumed")
         d.mkdir(parents=True, exist_ok=True)

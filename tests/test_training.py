@@ -56,13 +56,20 @@ def test_short_run_lowers_loss_and_writes_a_loadable_checkpoint(tmp_path: Path, 
     assert (final.parent / "eval.json").is_file()
 
 
-def test_interrupted_training_resumes_to_identical_weights(tmp_path: Path) -> None:
-    whole = train(config(tmp_path / "a", "model=dncnn_tiny", "train.steps=12"))
-    partial = train(config(tmp_path / "b", "model=dncnn_tiny", "train.steps=12", "max_steps_this_run=7"))
-    assert partial.name == "last.pth" and torch.load(partial, weights_only=True)["iter"] == 7
-    resumed = train(config(tmp_path / "b", "model=dncnn_tiny", "train.steps=12"))
+def partial_then_resumed(tmp_path: Path, steps: int, stop: str, stopped_at: int) -> tuple[Path, Path]:
+    """Train ``steps`` at once, and again stopped early by ``stop`` (then resumed); the resumed EMA weights must be
+    the uninterrupted ones. Returns (uninterrupted, resumed) checkpoints."""
+    whole = train(config(tmp_path / "a", "model=dncnn_tiny", f"train.steps={steps}"))
+    partial = train(config(tmp_path / "b", "model=dncnn_tiny", f"train.steps={steps}", stop))
+    assert partial.name == "last.pth" and torch.load(partial, weights_only=True)["iter"] == stopped_at
+    resumed = train(config(tmp_path / "b", "model=dncnn_tiny", f"train.steps={steps}"))
     a, b = read_checkpoint(whole), read_checkpoint(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
+    return whole, resumed
+
+
+def test_interrupted_training_resumes_to_identical_weights(tmp_path: Path) -> None:
+    whole, resumed = partial_then_resumed(tmp_path, 12, "max_steps_this_run=7", 7)
     plain_a = torch.load(whole, weights_only=True)["params"]
     plain_b = torch.load(resumed, weights_only=True)["params"]
     assert all(torch.equal(plain_a[k], plain_b[k]) for k in plain_a)
@@ -80,12 +87,8 @@ def test_a_run_killed_between_checkpoints_logs_each_step_once_after_resuming(tmp
 
 
 def test_a_time_slice_stops_with_a_checkpoint_and_resumes_to_identical_weights(tmp_path: Path) -> None:
-    whole = train(config(tmp_path / "a", "model=dncnn_tiny", "train.steps=6"))
-    sliced = train(config(tmp_path / "b", "model=dncnn_tiny", "train.steps=6", "max_minutes_this_run=1e-9"))
-    assert sliced.name == "last.pth" and torch.load(sliced, weights_only=True)["iter"] == 1
-    resumed = train(config(tmp_path / "b", "model=dncnn_tiny", "train.steps=6"))
-    a, b = read_checkpoint(whole), read_checkpoint(resumed)
-    assert resumed.name == "final.pth" and all(torch.equal(a[k], b[k]) for k in a)
+    _, resumed = partial_then_resumed(tmp_path, 6, "max_minutes_this_run=1e-9", 1)
+    assert resumed.name == "final.pth"
     with pytest.raises(ValueError, match="must be > 0"):
         train(config(tmp_path / "c", "model=dncnn_tiny", "train.steps=6", "max_minutes_this_run=0"))
 

@@ -257,9 +257,8 @@ class CausalEffectMap:
             out = self._runner(batch.clone(memory_format=memory_format))
         return out.float() if isinstance(out, torch.Tensor) else out
 
-    def _score_on_device(self, batch: torch.Tensor, clean: torch.Tensor, rois: Sequence[ROI]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, R) ROI metric of each input in ``batch`` for each ROI, left on the device, and whether every output
-        was finite (a device flag too, so nothing waits for the device here)."""
+    def _output(self, batch: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+        """The model's output for ``batch``, checked to have the shape the task needs."""
         out = self._forward(batch)
         expected = (batch.shape[0], 3, clean.shape[1], clean.shape[2])
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
@@ -269,27 +268,36 @@ class CausalEffectMap:
                 f"(scale {self.task.scale}) needs {expected}"
             )
         self.forwards += batch.shape[0]
-        scores = torch.stack([self.metric(out, clean, roi) for roi in rois], dim=1).detach().to(torch.float64)
-        return scores, torch.isfinite(out).all()
+        return out
+
+    def _roi_scores(self, out: torch.Tensor, clean: torch.Tensor, rois: Sequence[ROI]) -> torch.Tensor:
+        return torch.stack([self.metric(out, clean, roi) for roi in rois], dim=1).detach().to(torch.float64)
+
+    def _score_on_device(self, batch: torch.Tensor, clean: torch.Tensor, rois: Sequence[ROI]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, R) ROI metric of each input in ``batch`` for each ROI, left on the device, and whether every output
+        was finite (a device flag too, so nothing waits for the device here)."""
+        out = self._output(batch, clean)
+        return self._roi_scores(out, clean, rois), torch.isfinite(out).all()
 
     def _check_finite(self, finite: torch.Tensor) -> None:
         if not bool(finite):
             raise ModelOutputError(f"model {self.model_name} returned NaN or inf on task {self.task.name}")
 
-    def _check_units(self, batch: torch.Tensor) -> None:
+    def _check_units(self, out: torch.Tensor) -> None:
         """Refuse a model whose typical output is not in [0, 1] units (one working in 0..255 gave origin PSNR 4 dB
         and a meaningless map). The median, not the extremes: unclamped or untrained networks overshoot."""
-        median = float(self._forward(batch).median())
+        median = float(out.median())
         if not OUTPUT_MEDIAN_RANGE[0] <= median <= OUTPUT_MEDIAN_RANGE[1]:
             raise ModelOutputError(
                 f"model {self.model_name} returned values with median {median:.4g} on task {self.task.name}; cemap "
                 "needs outputs in [0, 1] (a model working in 0..255 needs its output divided by 255)")
 
     def _score(self, batch: torch.Tensor, clean: torch.Tensor, rois: Sequence[ROI]) -> np.ndarray:
-        """Scores on the host, at once (for the unmodified input)."""
-        scores, finite = self._score_on_device(batch, clean, rois)
-        self._check_finite(finite)
-        return scores.cpu().numpy()
+        """Scores on the host, at once, for the unmodified input (whose output is also checked for its units)."""
+        out = self._output(batch, clean)
+        self._check_finite(torch.isfinite(out).all())
+        self._check_units(out)
+        return self._roi_scores(out, clean, rois).cpu().numpy()
 
     def _score_backing_off(self, batch: torch.Tensor, clean: torch.Tensor, rois: Sequence[ROI]) -> tuple[torch.Tensor, torch.Tensor]:
         """Score ``batch``; on out-of-memory, halve it (and the batch size for the rest of the run) and retry.
@@ -421,7 +429,6 @@ class CausalEffectMap:
                 log.info("resuming from %s (%d stage(s) saved)", state_path, len(stages))
 
             origin = self._score(origin_input, scored_clean, scored_rois)[0]
-            self._check_units(origin_input)
             if resumed and not np.array_equal(resumed[0], origin):
                 log.warning("saved origin %s differs from recomputed %s: starting over", resumed[0], origin)
                 stages = []
