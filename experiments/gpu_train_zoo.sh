@@ -11,7 +11,8 @@
 #    git-ignored .zoo_state/ (overwriting the previous lease's) and carry it to the next lease:
 #      run(command="ZOO_SLICE=7.3 ZOO_ONLY='rcan_dn_bench rcan_dn_bench_no_ca' bash experiments/gpu_train_zoo.sh",
 #          carry=[".whl", ".zoo_state"], timeout_s=590)
-# Output: $OUT/zoo_<i>.tar (weights, eval.json, metrics.csv, leases.json, calibration). Locally afterwards:
+# ZOO_REPRO="" drops the same-seed repeats (the default repeats dncnn_bench-s0 and rcan_bench-s0 to check that
+# the GPU is deterministic). Output: $OUT/zoo_<i>.tar (weights, eval.json, metrics.csv, leases.json, calibration). Locally afterwards:
 # python experiments/train_zoo.py ship --from <folder> (finished jobs), and in mode 1 write the calibrated steps
 # (calibration.json) into conf/zoo/bench.yaml. Runs so far: results/zoo/gpu_runs.md.
 set -u
@@ -25,7 +26,7 @@ if [ -n "${ZOO_SLICE:-}" ]; then
   [ -d .zoo_state ] && mode+=(--resume-from .zoo_state)
 else
   mode=(--calibrate "${CALIBRATE_S:-60}" --budget-minutes "${BUDGET_MIN:-7.3}" --grace-minutes 0.7
-        --repro dncnn_bench-s0 rcan_bench-s0)
+        --repro ${ZOO_REPRO-dncnn_bench-s0 rcan_bench-s0})
 fi
 python3 experiments/train_zoo.py train --device cuda "${mode[@]}" "${select[@]}" --output-root /tmp/zoo --pack "$OUT"
 nvidia-smi --query-gpu=name,memory.used --format=csv
