@@ -28,9 +28,10 @@ from omegaconf import OmegaConf
 
 from cemap.analysis import analyse as analyse_maps
 from cemap.analysis import load_sweep
-from cemap.report import write_report
+from cemap.report import fmt_interval, fmt_value, write_report
 from cemap.config import compose_config, training_overrides
 from cemap.train import FINAL, run_dir
+from cemap.stats import STATISTIC_UNITS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -210,9 +211,10 @@ def analyse(args: argparse.Namespace, cfg, subjects: list[str]) -> dict:  # type
     print(f"\n{experiment['name']} ({args.profile}): {verdict['verdict']}  ({verdict['maps']} maps)")
     for t in [*verdict["tests"], *verdict["contrasts"]]:
         controls = ", ".join(f"{role} {c['verdict']}" for role, c in t["controls"].items()) or "no controls"
-        print(f"  {t['verdict']:14s} {t['name']}: {t['statistic']} of {t['what']} = {t['mean']:.4g} "
-              f"[{t['low']:.4g}, {t['high']:.4g}] (n={t['n']} crops), threshold {t['threshold']}; {controls}; "
-              f"resolves +/-{t['half_width']:.3g}")
+        unit = STATISTIC_UNITS.get(t["statistic"], "")
+        print(f"  {t['verdict']:14s} {t['name']}: {t['statistic']} of {t['what']} = {fmt_interval(t, t['statistic'])} "
+              f"(n={t['n']} crops), threshold {t['threshold']}; {controls}; "
+              f"resolves +/-{fmt_value(t['half_width'], unit)}")
     print(f"report: {out / 'report.html'}\nsummary: {out / 'summary.md'}")
     if args.logger == "wandb":
         log_summary_run(experiment, verdict, out)

@@ -62,6 +62,10 @@ def test_experiment_smoke_run_through_the_runner(experiment: str, tmp_path: Path
     verdict = json.loads((results_dir / "verdict.json").read_text())
     assert verdict["verdict"] in ("SUPPORTED", "NOT SUPPORTED", "INCONCLUSIVE", "NO POWER")
     assert f"{experiment} (tiny): {verdict['verdict']}" in proc.stdout
+    page = (results_dir / "report.html").read_text()
+    verdict_class = verdict["verdict"].lower().replace(" ", "-")
+    assert f'<span class="verdict v-{verdict_class}">{verdict["verdict"]}</span>' in page
+    assert "<h2>Glossary</h2>" in page and "nan [" not in page
 
 
 def run_sweep(out: Path, *extra: str) -> list[dict]:

@@ -174,3 +174,20 @@ def test_psnr_only_maps_have_psnrs_and_no_map_statistics() -> None:
     stats = map_statistics(result, 8)
     assert stats["origin_psnr"] == 30.0 and stats["image_psnr"] == 29.5
     assert math.isnan(stats["far_mass_fraction"]) and math.isnan(stats["n_negative"])
+
+
+def test_every_statistic_has_a_unit_and_a_glossary_entry() -> None:
+    from cemap.stats import STATISTIC_GLOSSARY, STATISTIC_UNITS, Statistic
+
+    assert {s.value for s in Statistic} == set(STATISTIC_UNITS) == set(STATISTIC_GLOSSARY)
+
+
+def test_report_numbers_have_the_precision_of_their_unit() -> None:
+    from cemap.report import fmt_interval, fmt_value
+
+    assert fmt_value(0.008, "share") == "0.8%" and fmt_value(0.0, "share") == "0%" and fmt_value(0.43, "share") == "43.0%"
+    assert fmt_value(25.98765, "dB") == "25.99" and fmt_value(0.0035, "dB") == "0.0035"
+    assert fmt_value(9.4e-4, "dB^2") == "9.4e-04" and fmt_value(0.0052, "dB^2") == "0.0052"
+    assert fmt_value(float("nan"), "dB") == "\u2013"
+    est = Estimate(0.008, 0.003, 0.013, 12, 36)
+    assert fmt_interval(est, "far_mass_fraction") == "0.8% [0.3%, 1.3%]"

@@ -5,22 +5,23 @@ from __future__ import annotations
 
 import base64
 import csv
-import html
 import io
 import math
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
+from importlib.resources import files
 from typing import Any
 
+import jinja2
 import matplotlib.pyplot as plt
 import numpy as np
 
 from cemap import results
 from cemap.analysis import Analysis, MapRecord
-from cemap.figures import CMAP, draw_map
+from cemap.figures import CMAP, color_bound, draw_map
 from cemap.results import STATUS_NOT_COMPUTED
-from cemap.stats import effect_profile
+from cemap.stats import STATISTIC_GLOSSARY, STATISTIC_UNITS, effect_profile
 from cemap.verdicts import Estimate, TestOutcome
 
 
@@ -35,32 +36,38 @@ def _png(fig: plt.Figure) -> bytes:
 
 
 def map_grid(records: Sequence[MapRecord], subjects: Sequence[str]) -> bytes:
-    """Rows = subjects, columns = images (ROI 0 of each), one colour scale shared by every panel.
+    """Rows = subjects, columns = images (ROI 0 of each), one colour scale per row (its own colour bar).
 
-    The scale is set by the largest effect *outside* the ROIs (the ROI's own blocks, which dwarf the rest, saturate),
-    so that far, small effects stay visible.
+    A row's scale is set by the effects *outside* the ROIs (``figures.color_bound``, the largest over the row's
+    panels; the ROI's own blocks saturate), so that a global denoiser's 0.01 dB far effects are not washed out by a
+    control's 0.3 dB ones in another row; pale blocks are not significant.
     """
     images = sorted({r.image for r in records})
     pick = {(r.subject, r.image): r for r in records if r.roi == 0}
-    vals = [np.nanmax(np.abs(np.where(r.result.roi_mask, 0.0, r.result.effects))) for r in pick.values()] or [1e-3]
-    bound = float(max(vals)) or 1e-3
-    fig, axes = plt.subplots(len(subjects), len(images), figsize=(2.1 * len(images) + 1, 2.0 * len(subjects)),
+    fig, axes = plt.subplots(len(subjects), len(images), figsize=(2.1 * len(images) + 1.6, 2.0 * len(subjects)),
                              squeeze=False)
-    mappable = None
     for i, s in enumerate(subjects):
+        row = [pick[(s, img)].result for img in images if (s, img) in pick]
+        bound = max((color_bound(r) for r in row), default=1e-3)
+        mappable = None
         for j, img in enumerate(images):
             ax = axes[i][j]
+            if i == 0:
+                ax.set_title(img, fontsize=8)
             rec = pick.get((s, img))
-            if rec is None:
+            if rec is None or (rec.result.status == STATUS_NOT_COMPUTED).all():  # missing, or a PSNR-only run
                 ax.axis("off")
                 continue
             mappable = draw_map(ax, rec.result, None, bound)
-            if i == 0:
-                ax.set_title(img, fontsize=8)
             if j == 0:
                 ax.set_ylabel(s, fontsize=8)
-    if mappable is not None:
-        fig.colorbar(mappable, ax=axes, fraction=0.02, pad=0.02, label="causal effect (dB; ROI blocks saturate)")
+        if mappable is not None:
+            extend = "both" if any(np.nanmax(np.abs(r.effects)) > bound for r in row) else "neither"
+            bar = fig.colorbar(mappable, ax=list(axes[i]), fraction=0.02, pad=0.01, extend=extend)
+            bar.ax.tick_params(labelsize=6)
+            bar.set_label(f"dB (+-{fmt_value(bound, 'dB')})", fontsize=7)
+    fig.suptitle("Causal effect of each block on ROI 0 (green box); one colour scale per row, set by the effects "
+                 "outside the ROI (ROI blocks saturate); pale = not significant", fontsize=9)
     return _png(fig)
 
 
@@ -135,19 +142,37 @@ def radius_scatter(per_subject: dict[str, dict[str, Estimate]]) -> bytes:
 # --- tables --------------------------------------------------------------------------------------------------------
 
 
-def _fmt(x: float | None) -> str:
-    return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4g}"
+def fmt_value(x: float | None, unit: str = "") -> str:
+    """A number with the precision its unit deserves: shares as percentages, dB to 0.01 (two significant digits below
+    0.1), powers in dB^2 with two significant digits; a missing value (no maps) as an en dash."""
+    if x is None or not math.isfinite(x):
+        return "\u2013"
+    if unit == "share":
+        v = 100 * x
+        return "0%" if v == 0 else f"{v:.1f}%" if abs(v) >= 1 else f"{v:.2g}%"
+    if unit == "dB^2":
+        return "0" if x == 0 else f"{x:.2g}" if 1e-3 <= abs(x) < 1e3 else f"{x:.1e}"
+    if unit == "r":
+        return f"{x:.3f}"
+    if unit in ("px", "blocks"):
+        return f"{x:.1f}"
+    return "0" if x == 0 else f"{x:.2f}" if abs(x) >= 0.1 else f"{x:.2g}"
 
 
-def _interval(e: Estimate | dict[str, Any]) -> str:
+def fmt_interval(e: Estimate | dict[str, Any], statistic: str = "") -> str:
+    """``estimate [low, high]`` in the statistic's unit."""
     m, lo, hi = (e.mean, e.low, e.high) if isinstance(e, Estimate) else (e["mean"], e["low"], e["high"])
-    return f"{_fmt(m)} [{_fmt(lo)}, {_fmt(hi)}]"
+    unit = STATISTIC_UNITS.get(statistic, "")
+    if not math.isfinite(m):
+        return "\u2013"
+    return f"{fmt_value(m, unit)} [{fmt_value(lo, unit)}, {fmt_value(hi, unit)}]"
 
 
 def _controls(o: TestOutcome) -> str:
     if not o.controls:
         return "none"
-    return "; ".join(f"{role[:3]} {c['what']}: {_interval(c)} -> {c['verdict']}" for role, c in o.controls.items())
+    return "; ".join(f"{role[:3]} {c['what']}: {fmt_interval(c, o.statistic)} -> {c['verdict']}"
+                     for role, c in o.controls.items())
 
 
 def outcome_rows(outcomes: Sequence[TestOutcome]) -> list[str]:
@@ -158,8 +183,10 @@ def outcome_rows(outcomes: Sequence[TestOutcome]) -> list[str]:
     for o in outcomes:
         e = o.estimate
         verdict = o.verdict if o.verdict == o.raw_verdict else f"{o.verdict} (interval alone: {o.raw_verdict})"
-        rows.append(f"| {o.name} | {o.statistic} | {o.what} | {_interval(e)} | {e.n_clusters} | "
-                    f"{_fmt(e.replicate_spread)} | {o.threshold} | {_controls(o)} | +/-{_fmt(e.half_width)} | "
+        unit = STATISTIC_UNITS.get(o.statistic, "")
+        rows.append(f"| {o.name} | {o.statistic} | {o.what} | {fmt_interval(e, o.statistic)} | {e.n_clusters} | "
+                    f"{fmt_value(e.replicate_spread, unit)} | {o.threshold} | {_controls(o)} | "
+                    f"+/-{fmt_value(e.half_width, unit)} | "
                     f"{verdict} |")
     return rows
 
@@ -178,9 +205,9 @@ def summary_markdown(a: Analysis, extra: Sequence[str] = ()) -> list[str]:
           "designed (positive SUPPORTED, negative NOT SUPPORTED) is NO POWER.", "", *outcome_rows([*a.tests, *a.contrasts]),
           "", "| model | group | " + " | ".join(stat_names) + " |", "|---|---|" + "---|" * len(stat_names)]
     for subject in a.subjects:
-        cells = [_interval(e) for e in a.per_subject[subject].values()]
+        cells = [fmt_interval(e, k) for k, e in a.per_subject[subject].items()]
         md.append(f"| {subject} | {a.groups.get(subject, '?')} | " + " | ".join(cells) + " |")
-    md += ["", *extra, "", "Figures: map_grid.png (ROI 0 of each image, one shared colour scale), "
+    md += ["", *extra, "", "Figures: map_grid.png (ROI 0 of each image, one colour scale per row), "
            "effect_vs_distance.png, sign_shares.png, radius_vs_psnr.png. Statistics per map in summary.csv."]
     return md
 
@@ -216,44 +243,83 @@ def write_report(out_dir: Path, analysis: Analysis, extra: Sequence[str] = ()) -
                "radius_vs_psnr.png": radius_scatter(analysis.per_subject)}
     for name, data in figures.items():
         results.atomic_write_bytes(out_dir / name, data)
-    results.atomic_write_bytes(out_dir / "report.html", _html(md, figures).encode())
+    results.atomic_write_bytes(out_dir / "report.html", _html(analysis, figures).encode())
     document = analysis.document()
     results.atomic_write_json(out_dir / "verdict.json", document)
     return document
 
 
-def _html(markdown_lines: Sequence[str], figures: dict[str, bytes]) -> str:
-    """A self-contained page: the summary tables as HTML and the figures inlined as base64 PNGs."""
-    body = []
-    in_table = False
-    for line in markdown_lines:
-        if line.startswith("|"):
-            cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
-            if set("".join(cells)) <= set("-"):
-                continue
-            if not in_table:
-                body.append("<table>")
-                in_table = True
-                body.append("<tr>" + "".join(f"<th>{c}</th>" for c in cells) + "</tr>")
-            else:
-                body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-            continue
-        if in_table:
-            body.append("</table>")
-            in_table = False
-        if line.startswith("# "):
-            body.append(f"<h1>{html.escape(line[2:])}</h1>")
-        elif line.strip():
-            text = html.escape(line).replace("**", "")
-            body.append(f"<p>{text}</p>")
-    if in_table:
-        body.append("</table>")
-    for name, data in figures.items():
-        body.append(f'<h2>{html.escape(name)}</h2><img alt="{html.escape(name)}" '
-                    f'src="data:image/png;base64,{base64.b64encode(data).decode()}">')
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;"
-             "margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}img{max-width:100%}")
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>cemap report</title><style>{style}</style></head>" \
-           f"<body>{''.join(body)}</body></html>"
+VERDICT_CLASS = {"SUPPORTED": "v-supported", "NOT SUPPORTED": "v-not-supported", "INCONCLUSIVE": "v-inconclusive",
+                 "NO POWER": "v-no-power", "REPORTED": "v-reported"}
+CAPTIONS = {
+    "map_grid.png": "ROI 0 of each crop per model (rows); each row has its own colour scale, set by the effects "
+                    "outside the ROI (the ROI's blocks saturate); pale blocks are not significant.",
+    "effect_vs_distance.png": "Mean |significant effect| per block against the distance to the ROI.",
+    "sign_shares.png": "Share of the blocks outside the ROI that help, hurt, or do nothing significant.",
+    "radius_vs_psnr.png": "Effective radius against ROI PSNR and against the theoretical receptive radius.",
+}
 
 
+def _spec(a: Analysis, name: str) -> dict[str, Any]:
+    expected = a.experiment["expected"]
+    return next((t for t in [*expected.get("tests", []), *expected.get("contrasts", [])] if t["name"] == name), {})
+
+
+def _threshold(spec: dict[str, Any], unit: str) -> str:
+    below, above = spec.get("supported_below"), spec.get("supported_above")
+    if below is not None:
+        return f"supported below {fmt_value(float(below), unit)}"
+    return f"supported above {fmt_value(float(above), unit)}" if above is not None else ""
+
+
+def outcome_view(a: Analysis, o: TestOutcome) -> dict[str, Any]:
+    """One test as a sentence ("<what it measures>: 0.8% [0.3%, 1.3%] over 12 crops (of ...); supported below 10%")
+    with its controls, for the template."""
+    spec, unit = _spec(a, o.name), STATISTIC_UNITS.get(o.statistic, "")
+    what = spec.get("description") or STATISTIC_GLOSSARY.get(o.statistic, o.statistic)
+    e = o.estimate
+    threshold = _threshold(spec, unit)
+    value = f"{fmt_interval(e, o.statistic)} over {e.n_clusters} crops" if e.n_clusters else "no maps"
+    sentence = (f"{_sentence_case(what.rstrip('.'))}: {value} ({o.what})" + (f"; {threshold}." if threshold else "."))
+    notes = []
+    if math.isfinite(e.replicate_spread):
+        notes.append(f"between-seed (or between-model) SD {fmt_value(e.replicate_spread, unit)}")
+    if math.isfinite(e.half_width):
+        notes.append(f"the interval's half-width is {fmt_value(e.half_width, unit)}: effects closer than that to the "
+                     "threshold cannot be decided with these maps")
+    if o.verdict != o.raw_verdict:
+        notes.append(f"the interval alone says {o.raw_verdict}")
+    controls = [{"role": role, "what": c["what"], "value": fmt_interval(c, o.statistic), "verdict": c["verdict"],
+                 "verdict_class": VERDICT_CLASS.get(c["verdict"], ""), "designed": c["designed"]}
+                for role, c in o.controls.items()]
+    return {"name": o.name, "sentence": sentence, "verdict": o.verdict, "verdict_class": VERDICT_CLASS.get(o.verdict, ""),
+            "note": _sentence_case("; ".join(notes)), "controls": controls}
+
+
+def _sentence_case(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _html(a: Analysis, figures: dict[str, bytes]) -> str:
+    """The self-contained report page (``templates/report.html.j2``): claim, coloured verdict, one sentence per test
+    with its controls, per-model table, figures inlined as base64 PNGs, and the glossary."""
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    template = env.from_string((files("cemap") / "templates" / "report.html.j2").read_text(encoding="utf-8"))
+    expected, s = a.experiment["expected"], a.settings
+    columns = list(next(iter(a.per_subject.values())).keys()) if a.per_subject else []
+    used = list(dict.fromkeys([*columns, *(o.statistic for o in [*a.tests, *a.contrasts])]))
+    method = (f"Intervals: {s.ci_level:.0%} percentile bootstrap ({s.n_boot} draws, seed {s.seed}) over {s.cluster}s "
+              f"(the ROIs of one {s.cluster} averaged first) and over the test's models or seeds. Far = more than "
+              f"{expected.get('local_radius_px', 8)} px from the ROI. A test whose controls do not give their designed "
+              "verdicts is NO POWER, whatever its own interval says.")
+    return template.render(
+        name=a.experiment["name"], insight=a.experiment.get("insight"), claim=expected["claim"], verdict=a.verdict,
+        verdict_class=VERDICT_CLASS.get(a.verdict, ""), n_maps=len(a.records), n_subjects=len(a.subjects),
+        n_images=len({r.image for r in a.records}), n_rois=len({r.roi for r in a.records}), method=method,
+        tests=[outcome_view(a, o) for o in a.tests], contrasts=[outcome_view(a, o) for o in a.contrasts],
+        ci=f"{s.ci_level:.0%}", columns=columns, units={k: STATISTIC_UNITS.get(k, "") for k in used},
+        glossary={k: STATISTIC_GLOSSARY.get(k, "") for k in used}, glossary_used=used,
+        models=[{"name": sub, "group": a.groups.get(sub, "?"),
+                 "cells": [fmt_interval(e, k) for k, e in a.per_subject[sub].items()]} for sub in a.subjects],
+        figures=[{"name": n, "data": base64.b64encode(d).decode(), "caption": CAPTIONS.get(n, "")}
+                 for n, d in figures.items()])

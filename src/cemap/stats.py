@@ -118,6 +118,39 @@ class Statistic(str, Enum):
     missed_fraction = "missed_fraction"
 
 
+STATISTIC_UNITS: dict[str, str] = {
+    "origin_psnr": "dB", "image_psnr": "dB", "receptive_radius_px": "px", "far_mass_fraction": "share",
+    "far_excess_power": "dB^2", "far_rms_effect": "dB", "effective_radius_px": "px", "significant_fraction": "share",
+    "n_significant": "blocks", "n_negative": "blocks", "negative_mass_fraction": "share", "max_abs_effect": "dB",
+    "map_correlation": "r", "missed_fraction": "share",
+}
+"""The unit of each statistic (how a report prints it: shares as percentages, powers in scientific notation)."""
+
+STATISTIC_GLOSSARY: dict[str, str] = {
+    "origin_psnr": "PSNR of the ROI without any intervention (the model's own quality where the map looks).",
+    "image_psnr": "PSNR of the whole crop without any intervention.",
+    "receptive_radius_px": "Theoretical receptive radius of a local model in output pixels (none for global models).",
+    "far_mass_fraction": "Share of the significant |effect| mass (blocks outside the ROI whose effect passes "
+                         "max(tol, z x SE)) that lies beyond the local reference CNN's receptive radius: the paper's "
+                         "way of asking how far a model looks.",
+    "far_excess_power": "Mean over the far blocks of effect^2 - SE^2: an unbiased estimate of the far blocks' mean "
+                        "squared true effect, which adds up effects too small to be significant one block at a time "
+                        "(0 in expectation for a model that does not reach that far).",
+    "far_rms_effect": "Square root of the far excess power: the typical size of a far block's effect.",
+    "effective_radius_px": "Smallest distance from the ROI whose disc holds the stated share of the significant "
+                           "|effect| mass.",
+    "significant_fraction": "Share of the blocks outside the ROI with a significant effect.",
+    "n_significant": "Number of blocks outside the ROI with a significant effect.",
+    "n_negative": "Number of blocks outside the ROI whose effect is significantly negative (real content there "
+                  "lowers the ROI's PSNR).",
+    "negative_mass_fraction": "Share of the significant |effect| mass outside the ROI that is negative.",
+    "max_abs_effect": "Largest |effect| of a block outside the ROI.",
+    "map_correlation": "Pearson correlation of two maps of the same crop and ROI.",
+    "missed_fraction": "Of the blocks a coarse-to-fine screen skipped, the share an exhaustive map finds significant.",
+}
+"""One sentence per statistic: the glossary of every report."""
+
+
 def pixel_gap(result: CEMResult) -> np.ndarray:
     """Per block, the Chebyshev distance in pixels from its nearest pixel to the nearest ROI pixel (0 inside)."""
     roi = result.meta["roi"]
