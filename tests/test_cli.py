@@ -158,3 +158,15 @@ def test_gradient_views_from_the_cli(tmp_path: Path) -> None:
     out = Path(summary["result_dir"])
     for name in ("first_order/cem.npz", "lam.npz", "lam.json", "cem_lam.png", "decomposition.npz"):
         assert (out / name).is_file(), name
+
+
+def test_bare_value_and_type_errors_are_bugs_not_user_errors() -> None:
+    from cemap.cli import USER_ERRORS
+    from cemap.validation import SettingError
+
+    assert not issubclass(ValueError, USER_ERRORS) and not issubclass(TypeError, USER_ERRORS)
+    assert issubclass(SettingError, USER_ERRORS)
+    from cemap.tasks.denoise import Denoise
+
+    with pytest.raises(SettingError):
+        Denoise(sigma=-1)

@@ -15,11 +15,11 @@ from omegaconf.errors import OmegaConfBaseException
 
 from cemap.checkpoint import CheckpointError
 from cemap.config import CONF_DIR, register_configs
-from cemap.engine import ModelOutputError
+from cemap.engine import DeviceError, ModelOutputError
 from cemap.grid import GeometryError
 from cemap.imageio import ImageError
 from cemap.patches import PatchBankError
-from cemap.results import ResultLockedError, ResultWriteError
+from cemap.results import DamagedResultError, OutsideOutputRootError, ResultLockedError, ResultWriteError
 from cemap.validation import SettingError
 from cemap.zoo import ZooError
 
@@ -29,15 +29,18 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     PatchBankError,
     CheckpointError,
     ModelOutputError,
+    DeviceError,
+    DamagedResultError,
+    OutsideOutputRootError,
     ResultWriteError,
     ResultLockedError,
     ZooError,
     SettingError,
-    ValueError,
-    TypeError,
     FileNotFoundError,
 )
-"""Errors caused by inputs or settings: reported in one line, not as a traceback."""
+"""Errors caused by inputs or settings: reported in one line, not as a traceback. A bare ``ValueError`` or
+``TypeError`` is not among them: the project raises ``SettingError`` for a bad setting, so anything else is a bug
+and keeps its traceback."""
 
 SETUP_ERRORS: tuple[type[BaseException], ...] = (HydraException, OmegaConfBaseException, NotADirectoryError,
                                                  PermissionError, IsADirectoryError, FileExistsError)

@@ -26,6 +26,7 @@ import numpy as np
 
 from cemap.imageio import read_image, to_rgb8
 from cemap.patches import IMAGE_SUFFIXES, PatchBank
+from cemap.validation import SettingError
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def embedded_image(name: str) -> np.ndarray:
 
     known = EMBEDDED_TRAIN + EMBEDDED_TRAIN_GRAY + EMBEDDED_TEST + EXTRA_TEST
     if name not in known:
-        raise ValueError(f"unknown embedded image {name!r}; choose one of {sorted(known)}")
+        raise SettingError(f"unknown embedded image {name!r}; choose one of {sorted(known)}")
     if name == "grace_hopper":
         import matplotlib.cbook
 
@@ -60,7 +61,7 @@ SPLITS: dict[str, tuple[str, ...]] = {"train": EMBEDDED_TRAIN, "train_gray": EMB
 
 def split_names(split: str) -> tuple[str, ...]:
     if split not in SPLITS:
-        raise ValueError(f"split={split!r}; choose one of {sorted(SPLITS)}")
+        raise SettingError(f"split={split!r}; choose one of {sorted(SPLITS)}")
     return SPLITS[split]
 
 
@@ -88,9 +89,9 @@ def crop_at(image: np.ndarray, size: int | None, y: int, x: int, multiple: int =
     """The ``size`` x ``size`` crop with top-left corner (y, x), trimmed to a ``multiple``; it must fit."""
     h, w = image.shape[:2]
     if size is None:
-        raise ValueError("an image spec with @y<Y>x<X> needs crop=<size>")
+        raise SettingError("an image spec with @y<Y>x<X> needs crop=<size>")
     if y + size > h or x + size > w:
-        raise ValueError(f"crop {size} at (y={y}, x={x}) exceeds the {h}x{w} image")
+        raise SettingError(f"crop {size} at (y={y}, x={x}) exceeds the {h}x{w} image")
     return center_crop(image[y : y + size, x : x + size], None, multiple)
 
 
@@ -99,7 +100,7 @@ def center_crop(image: np.ndarray, size: int | None, multiple: int = 1) -> np.nd
     h, w = image.shape[:2]
     if size is not None:
         if size > min(h, w):
-            raise ValueError(f"crop size {size} exceeds the {h}x{w} image")
+            raise SettingError(f"crop size {size} exceeds the {h}x{w} image")
         y, x = (h - size) // 2, (w - size) // 2
         image = image[y : y + size, x : x + size]
         h = w = size
@@ -127,13 +128,13 @@ def patch_bank_from_config(source: str, block_size: int, path: str | None = None
         "folder": lambda: PatchBank.from_folder(_required(path, "folder"), n_patches, block_size, seed, min_sharpness),
     }
     if source not in builders:
-        raise ValueError(f"patches.source={source!r}; choose one of {sorted(builders)}")
+        raise SettingError(f"patches.source={source!r}; choose one of {sorted(builders)}")
     return builders[source]()
 
 
 def _required(path: str | None, source: str) -> str:
     if not path:
-        raise ValueError(f"patches.source={source} needs patches.path")
+        raise SettingError(f"patches.source={source} needs patches.path")
     return path
 
 
@@ -247,7 +248,7 @@ class FolderSet:
     def pairs(self) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
         """(name, ground truth, degraded input) for paired folders."""
         if self.lq is None:
-            raise ValueError("this folder set has no lq folder; set lq=PATH for paired data")
+            raise SettingError("this folder set has no lq folder; set lq=PATH for paired data")
         lq_files = {p.stem: p for p in Path(self.lq).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
         for f in self.files():
             match = lq_files.get(f.stem + self.lq_suffix)

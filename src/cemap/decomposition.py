@@ -40,6 +40,7 @@ from cemap.metrics import ROIPSNR, ROIMetric, ROISmoothPSNR
 from cemap.patches import PatchBank
 from cemap.results import STATUS_ESTIMATED, CEMResult
 from cemap.tasks.base import Degraded, Task
+from cemap.validation import SettingError
 
 COMPLETENESS_TOL = 0.01
 """Largest relative gap between a block's summed pixel shares and its effect before the quadrature is refined."""
@@ -121,7 +122,7 @@ class PixelDecomposition:
                  max_steps: int = 256, batch_size: int = 16, metric: ROIMetric | None = None,
                  locality: LocalitySettings | None = None) -> None:
         if steps < 1 or max_steps < steps:
-            raise ValueError(f"need 1 <= steps <= max_steps, got steps={steps}, max_steps={max_steps}")
+            raise SettingError(f"need 1 <= steps <= max_steps, got steps={steps}, max_steps={max_steps}")
         self.device = resolve_device(device)
         self.model = model
         if isinstance(model, torch.nn.Module):
@@ -180,7 +181,7 @@ class PixelDecomposition:
         inputs = _inputs(self.task, clean, roi, block_size, patches, degraded, seed, self.device)
         if blocks is None:
             if cem is None:
-                raise ValueError("give blocks=[...] or a CEMResult (cem=...) to take its top_k blocks by |effect|")
+                raise SettingError("give blocks=[...] or a CEMResult (cem=...) to take its top_k blocks by |effect|")
             order = np.argsort(-np.abs(np.nan_to_num(cem.effects.ravel())), kind="stable")
             blocks = order[:top_k].tolist()
         chosen = np.asarray(list(blocks), dtype=np.int64)

@@ -27,6 +27,7 @@ from cemap.metrics import ROIMetric, roi_metric
 from cemap.patches import PatchBank
 from cemap.results import STATUS_STRUCTURAL_ZERO, CEMResult
 from cemap.tasks.base import Degraded, Task
+from cemap.validation import SettingError
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +95,11 @@ def as_clean_tensor(clean: torch.Tensor | np.ndarray) -> torch.Tensor:
     in [0, 1] used to be cast to uint8 (an almost black image), a uint8 tensor read as floats."""
     if isinstance(clean, np.ndarray):
         if clean.ndim != 3 or clean.shape[2] != 3:
-            raise ValueError(f"clean image array must be H x W x 3, got shape {clean.shape}")
+            raise SettingError(f"clean image array must be H x W x 3, got shape {clean.shape}")
         chw = torch.from_numpy(np.ascontiguousarray(clean)).permute(2, 0, 1)
     elif isinstance(clean, torch.Tensor):
         if clean.dim() != 3 or clean.shape[0] != 3:
-            raise ValueError(f"clean image tensor must be (3, H, W), got shape {tuple(clean.shape)}")
+            raise SettingError(f"clean image tensor must be (3, H, W), got shape {tuple(clean.shape)}")
         chw = clean.detach().cpu()
     else:
         raise TypeError(f"clean image must be a numpy array or a torch tensor, got {type(clean).__name__}")
@@ -109,11 +110,11 @@ def unit_range(chw: torch.Tensor) -> torch.Tensor:
     if chw.dtype == torch.uint8:
         return chw.to(torch.float32) / 255.0
     if not chw.is_floating_point():
-        raise ValueError(f"clean image of dtype {chw.dtype}: give uint8 (0..255) or float in [0, 1]")
+        raise SettingError(f"clean image of dtype {chw.dtype}: give uint8 (0..255) or float in [0, 1]")
     x = chw.to(torch.float32)
     if not bool(torch.isfinite(x).all()) or (x.numel() and (float(x.min()) < 0 or float(x.max()) > 1)):
         lo, hi = float(x.nan_to_num(0).min()), float(x.nan_to_num(0).max())
-        raise ValueError(f"float clean image must be finite and in [0, 1], got [{lo:.4g}, {hi:.4g}]"
+        raise SettingError(f"float clean image must be finite and in [0, 1], got [{lo:.4g}, {hi:.4g}]"
                          f"{' with NaN/inf' if not bool(torch.isfinite(x).all()) else ''}; for 0..255 values give uint8")
     return x.clone()
 
@@ -221,9 +222,9 @@ class CausalEffectMap:
         channels_last: bool = False,
     ) -> None:
         if batch_size < 0:
-            raise ValueError(f"batch_size={batch_size} must be >= 1, or 0 for automatic")
+            raise SettingError(f"batch_size={batch_size} must be >= 1, or 0 for automatic")
         if precision not in PRECISIONS:
-            raise ValueError(f"precision={precision!r}; choose one of {sorted(PRECISIONS)}")
+            raise SettingError(f"precision={precision!r}; choose one of {sorted(PRECISIONS)}")
         self.device = resolve_device(device)
         self.model = model
         if isinstance(model, torch.nn.Module):

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from cemap.results import STATUS_ESTIMATED, STATUS_SCREENED
-from cemap.validation import check_number
+from cemap.validation import SettingError, check_number
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ class Reference(Estimator):
     def __post_init__(self) -> None:
         self._check_common()
         if self.n_coarse < 1 or self.n_fine < 1:
-            raise ValueError(f"reference estimator needs n_coarse >= 1 and n_fine >= 1, got {self.n_coarse}, {self.n_fine}")
+            raise SettingError(f"reference estimator needs n_coarse >= 1 and n_fine >= 1, got {self.n_coarse}, {self.n_fine}")
 
     def plan(self, stage: int, n_blocks: int, differences: list[np.ndarray]) -> np.ndarray | None:
         if stage == 0:
@@ -146,7 +146,7 @@ class Fixed(Estimator):
     def __post_init__(self) -> None:
         self._check_common()
         if self.n_samples < 1:
-            raise ValueError(f"fixed estimator needs n_samples >= 1, got {self.n_samples}")
+            raise SettingError(f"fixed estimator needs n_samples >= 1, got {self.n_samples}")
 
     def plan(self, stage: int, n_blocks: int, differences: list[np.ndarray]) -> np.ndarray | None:
         return np.full(n_blocks, self.n_samples, dtype=np.int64) if stage == 0 else None
@@ -189,7 +189,7 @@ class Adaptive(Estimator):
         self._check_common()
         check_number("cem.target_se", self.target_se, 0.0, strict=True)
         if not 2 <= self.n_min <= self.n_max:
-            raise ValueError(f"adaptive estimator needs 2 <= n_min <= n_max, got n_min={self.n_min}, n_max={self.n_max}")
+            raise SettingError(f"adaptive estimator needs 2 <= n_min <= n_max, got n_min={self.n_min}, n_max={self.n_max}")
 
     def plan(self, stage: int, n_blocks: int, differences: list[np.ndarray]) -> np.ndarray | None:
         if stage == 0:
@@ -215,6 +215,6 @@ def make_estimator(name: str, settings: EstimatorSettings | None = None, **value
     """Build an estimator from the flat ``cem.*`` config (``n_samples`` is the fine-stage size for ``reference`` and
     the cap for ``adaptive``); ``values`` override single settings, e.g. ``make_estimator("fixed", n_samples=8)``."""
     if name not in ESTIMATORS:
-        raise ValueError(f"unknown estimator {name!r}; choose one of {sorted(ESTIMATORS)}")
+        raise SettingError(f"unknown estimator {name!r}; choose one of {sorted(ESTIMATORS)}")
     settings = replace(settings or EstimatorSettings(), **values)
     return ESTIMATORS[name].from_settings(settings)

@@ -22,6 +22,7 @@ from cemap import results
 from cemap.engine import ImageModel, resolve_device
 from cemap.grid import ROI
 from cemap.tasks.deblur import blur, gaussian_kernel
+from cemap.validation import SettingError
 
 
 def gini(values: np.ndarray) -> float:
@@ -82,7 +83,7 @@ class LAM:
     def __init__(self, model: ImageModel, device: str | torch.device = "auto", sigma: float = 1.2, steps: int = 50,
                  kernel_size: int = 9, batch_size: int = 10) -> None:
         if steps < 1 or kernel_size < 1 or kernel_size % 2 == 0 or sigma < 0:
-            raise ValueError(f"LAM needs steps >= 1, an odd kernel_size and sigma >= 0; got {steps}, {kernel_size}, {sigma}")
+            raise SettingError(f"LAM needs steps >= 1, an odd kernel_size and sigma >= 0; got {steps}, {kernel_size}, {sigma}")
         self.device = resolve_device(device)
         self.model = model
         if isinstance(model, torch.nn.Module):

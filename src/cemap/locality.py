@@ -30,7 +30,7 @@ import torch
 from cemap.grid import ROI, Block, BlockGrid
 from cemap.patches import PatchBank
 from cemap.tasks.base import Degraded, Task
-from cemap.validation import check_number
+from cemap.validation import SettingError, check_number
 
 MODES = ("auto", "off")
 EXTRA_MARGINS = (0, 8, 16, 32)
@@ -50,12 +50,12 @@ class LocalitySettings:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"cem.locality.mode={self.mode!r}; choose one of {MODES}")
+            raise SettingError(f"cem.locality.mode={self.mode!r}; choose one of {MODES}")
         if self.radius is not None and self.radius < 0:
-            raise ValueError(f"cem.locality.radius={self.radius} must be >= 0 (input pixels) or null")
+            raise SettingError(f"cem.locality.radius={self.radius} must be >= 0 (input pixels) or null")
         check_number("cem.locality.atol", self.atol, 0.0)
         if self.probes < 1:
-            raise ValueError(f"cem.locality needs atol >= 0 and probes >= 1, got {self.atol}, {self.probes}")
+            raise SettingError(f"cem.locality needs atol >= 0 and probes >= 1, got {self.atol}, {self.probes}")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from cemap import results
 from cemap.figures import save_map_figure
 from cemap.results import CEMResult, merge_shards
 from cemap.stats import summarize
+from cemap.validation import SettingError
 
 
 def merge_dirs(shard_dirs: list[Path], out: Path) -> list[dict]:
@@ -23,7 +24,7 @@ def merge_dirs(shard_dirs: list[Path], out: Path) -> list[dict]:
     layouts = [sorted(p.parent.relative_to(d) for p in d.rglob(results.RESULT_ARRAYS)) for d in shard_dirs]
     common = sorted(set(layouts[0]).intersection(*map(set, layouts[1:])))
     if not common:
-        raise ValueError("the shard folders share no result (cem.npz)")
+        raise SettingError("the shard folders share no result (cem.npz)")
     summaries = []
     for rel in common:
         merged = merge_shards([CEMResult.load(d / rel) for d in shard_dirs])

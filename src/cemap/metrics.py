@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from cemap.grid import ROI
+from cemap.validation import SettingError
 
 PSNR_CAP_DB = 100.0
 """PSNR reported for a perfect match (MSE 0), so effects stay finite."""
@@ -40,7 +41,7 @@ def rgb_to_y(img255: torch.Tensor) -> torch.Tensor:
 def _prepare(pred: torch.Tensor, target: torch.Tensor, crop_border: int, y_channel: bool) -> tuple[torch.Tensor, torch.Tensor]:
     pred, target = quantize(_batched(pred)), quantize(_batched(target))
     if pred.shape[1:] != target.shape[1:]:
-        raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in size")
+        raise SettingError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in size")
     if crop_border:
         pred = pred[..., crop_border:-crop_border, crop_border:-crop_border]
         target = target[..., crop_border:-crop_border, crop_border:-crop_border]
@@ -74,7 +75,7 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, crop_border: int = 0, y_chann
     """SSIM per image, shape (N,): 11x11 Gaussian window (sigma 1.5), valid region, mean over channels (BasicSR)."""
     p, t = _prepare(pred, target, crop_border, y_channel)
     if min(p.shape[-2:]) < 11:
-        raise ValueError(f"SSIM needs at least 11x11 pixels, got {tuple(p.shape[-2:])}")
+        raise SettingError(f"SSIM needs at least 11x11 pixels, got {tuple(p.shape[-2:])}")
     c = p.shape[1]
     window = _gaussian_window().to(p.device).expand(c, 1, 11, 11).contiguous()
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
@@ -159,4 +160,4 @@ def roi_metric(name: str) -> ROIMetric:
     try:
         return ROI_METRICS[name]()
     except KeyError:
-        raise ValueError(f"unknown metric {name!r}; choose one of {sorted(ROI_METRICS)}") from None
+        raise SettingError(f"unknown metric {name!r}; choose one of {sorted(ROI_METRICS)}") from None

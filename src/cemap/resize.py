@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cemap.validation import SettingError
+
 
 class Resizer(Protocol):
     name: str
@@ -89,4 +91,4 @@ def make_resizer(name: str) -> Resizer:
     try:
         return RESIZERS[name]()
     except KeyError:
-        raise ValueError(f"unknown resize kernel {name!r}; choose one of {sorted(RESIZERS)}") from None
+        raise SettingError(f"unknown resize kernel {name!r}; choose one of {sorted(RESIZERS)}") from None

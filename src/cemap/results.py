@@ -21,6 +21,8 @@ from typing import IO, Any
 
 import numpy as np
 
+from cemap.validation import SettingError
+
 log = logging.getLogger(__name__)
 
 RESULT_ARRAYS = "cem.npz"
@@ -260,9 +262,9 @@ def parse_shard(spec: str, n_blocks: int) -> list[int]:
     try:
         i, n = (int(v) for v in str(spec).split("/"))
     except ValueError:
-        raise ValueError(f"cem.shard={spec!r} must look like i/n, e.g. 0/3") from None
+        raise SettingError(f"cem.shard={spec!r} must look like i/n, e.g. 0/3") from None
     if n < 1 or not 0 <= i < n:
-        raise ValueError(f"cem.shard={spec!r}: need 0 <= i < n")
+        raise SettingError(f"cem.shard={spec!r}: need 0 <= i < n")
     return list(range(i, n_blocks, n))
 
 
@@ -273,11 +275,11 @@ def check_all_shards_present(shards: list[CEMResult]) -> None:
         return
     counts = {int(spec.split("/")[1]) for spec in specs}
     if len(counts) != 1 or len(specs) != len(shards):
-        raise ValueError(f"shards of different splits cannot be merged: {sorted(specs)}")
+        raise SettingError(f"shards of different splits cannot be merged: {sorted(specs)}")
     n = counts.pop()
     missing = sorted(set(range(n)) - {int(spec.split("/")[0]) for spec in specs})
     if missing:
-        raise ValueError(f"shard(s) {', '.join(f'{i}/{n}' for i in missing)} missing: merge all {n} shards")
+        raise SettingError(f"shard(s) {', '.join(f'{i}/{n}' for i in missing)} missing: merge all {n} shards")
 
 
 def merge_shards(shards: list[CEMResult]) -> CEMResult:
@@ -286,14 +288,14 @@ def merge_shards(shards: list[CEMResult]) -> CEMResult:
     Every block's draws depend only on (seed, stage, block), so the merged map is exactly the unsharded one.
     """
     if not shards:
-        raise ValueError("no shards to merge")
+        raise SettingError("no shards to merge")
     first = shards[0]
     reference = {k: v for k, v in first.meta.items() if k not in SHARD_NEUTRAL_META}
     for other in shards[1:]:
         mine = {k: v for k, v in other.meta.items() if k not in SHARD_NEUTRAL_META}
         differing = sorted(k for k in set(reference) | set(mine) if reference.get(k) != mine.get(k))
         if differing or other.origin != first.origin or other.shape != first.shape:
-            raise ValueError(f"shards do not belong to one map: they differ in {differing or ['origin/grid']}")
+            raise SettingError(f"shards do not belong to one map: they differ in {differing or ['origin/grid']}")
     check_all_shards_present(shards)
     merged = CEMResult(
         effects=first.effects.copy(), se=first.se.copy(), n=first.n.copy(), forwards=first.forwards.copy(),
@@ -304,7 +306,7 @@ def merge_shards(shards: list[CEMResult]) -> CEMResult:
     for other in shards[1:]:
         mask = other.status != STATUS_NOT_COMPUTED
         if (mask & covered).any():
-            raise ValueError("two shards computed the same block")
+            raise SettingError("two shards computed the same block")
         for name in ("effects", "se", "n", "significant", "status"):
             getattr(merged, name)[mask] = getattr(other, name)[mask]
         covered |= mask

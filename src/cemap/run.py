@@ -48,6 +48,7 @@ from cemap.patches import PatchBank
 from cemap.results import CEMResult
 from cemap.stats import distance_map, summarize
 from cemap.tasks.base import Degraded, Task
+from cemap.validation import SettingError
 
 log = logging.getLogger("cemap.run")
 
@@ -83,9 +84,9 @@ def zoo_checkpoint(cfg: DictConfig) -> str | None:
     if cfg.weights is None:
         return None
     if cfg.weights != "zoo":
-        raise ValueError(f"weights={cfg.weights!r}; the only named weights are 'zoo' (or give ckpt=PATH)")
+        raise SettingError(f"weights={cfg.weights!r}; the only named weights are 'zoo' (or give ckpt=PATH)")
     if cfg.ckpt:
-        raise ValueError("give either ckpt=PATH or weights=zoo, not both")
+        raise SettingError("give either ckpt=PATH or weights=zoo, not both")
     from cemap import zoo
 
     picked = choices(cfg)
@@ -137,7 +138,7 @@ def compute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     model, model_name = build_model(cfg.model)
     declared = getattr(model, "info", None)
     if declared is not None and declared.scale != task.scale:
-        raise ValueError(
+        raise SettingError(
             f"model {model_name} has scale {declared.scale} but task {task.name} needs scale {task.scale}; pick a "
             f"model of the task's scale (e.g. an x{task.scale} SR model for task=sr_x{task.scale})"
         )

@@ -153,7 +153,7 @@ def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     return x.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else x
 
 
-class TrainingDiverged(ValueError):
+class TrainingDiverged(SettingError):
     """The loss became NaN or infinite: no final.pth is written (its weights would be NaN)."""
 
 

@@ -27,6 +27,7 @@ from cemap.tasks.base import Task
 from cemap.tasks.deblur import blur, gaussian_kernel
 from cemap.tasks.denoise import Denoise
 from cemap.tasks.sr import SuperResolution, UpsampledSR
+from cemap.validation import SettingError
 
 
 def step_rng(seed: int, step: int, stream: int = 0) -> np.random.Generator:
@@ -45,17 +46,17 @@ class PatchSampler:
                  batch_size: int, seed: int) -> None:
         self.images = [im for im in images if min(im.shape[:2]) >= patch_size]
         if not self.images:
-            raise ValueError(f"no training image is at least {patch_size} px on each side")
+            raise SettingError(f"no training image is at least {patch_size} px on each side")
         total = sum(w for _, w in tasks.values())
         if not tasks or total <= 0:
-            raise ValueError("at least one task with a positive weight is needed")
+            raise SettingError("at least one task with a positive weight is needed")
         self.names = list(tasks)
         self.tasks = [tasks[n][0] for n in self.names]
         self.weights = np.array([tasks[n][1] / total for n in self.names])
         self.patch_size, self.batch_size, self.seed = patch_size, batch_size, seed
         for task in self.tasks:
             if patch_size % task.block_multiple:
-                raise ValueError(f"patch_size={patch_size} is not a multiple of task {task.name}'s scale")
+                raise SettingError(f"patch_size={patch_size} is not a multiple of task {task.name}'s scale")
 
     def task_index(self, step: int) -> int:
         return int(step_rng(self.seed, step, 1).choice(len(self.tasks), p=self.weights))
@@ -113,7 +114,7 @@ class EMA:
 def make_optimizer(params: Iterable[nn.Parameter], name: str, lr: float, betas: Sequence[float], weight_decay: float) -> torch.optim.Optimizer:
     optimizers = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
     if name not in optimizers:
-        raise ValueError(f"optimizer={name!r}; choose one of {sorted(optimizers)}")
+        raise SettingError(f"optimizer={name!r}; choose one of {sorted(optimizers)}")
     return optimizers[name](params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
 
 
@@ -129,7 +130,7 @@ def lr_factor(step: int, steps: int, scheduler: str, warmup: int, eta_min_ratio:
         return gamma ** sum(step >= m for m in milestones)
     if scheduler == "constant":
         return 1.0
-    raise ValueError(f"scheduler={scheduler!r}; choose cosine, step or constant")
+    raise SettingError(f"scheduler={scheduler!r}; choose cosine, step or constant")
 
 
 LOSSES = {"l1": F.l1_loss, "l2": F.mse_loss}

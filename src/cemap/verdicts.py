@@ -34,6 +34,7 @@ import numpy as np
 
 from cemap.results import CEMResult
 from cemap.stats import PAIR_STATISTICS
+from cemap.validation import SettingError
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, NO_POWER, REPORTED = (
     "SUPPORTED", "NOT SUPPORTED", "INCONCLUSIVE", "NO POWER", "REPORTED")
@@ -55,9 +56,9 @@ class VerdictSettings:
 
     def __post_init__(self) -> None:
         if self.cluster not in CLUSTERS:
-            raise ValueError(f"cluster={self.cluster!r}; choose one of {CLUSTERS}")
+            raise SettingError(f"cluster={self.cluster!r}; choose one of {CLUSTERS}")
         if not 0 < self.ci_level < 1 or self.n_boot < 100:
-            raise ValueError(f"need 0 < ci_level < 1 and n_boot >= 100 (got {self.ci_level}, {self.n_boot})")
+            raise SettingError(f"need 0 < ci_level < 1 and n_boot >= 100 (got {self.ci_level}, {self.n_boot})")
 
 
 @dataclass
@@ -193,7 +194,7 @@ def estimate(m: np.ndarray, n_maps: int, settings: VerdictSettings) -> Estimate:
 def decide(low: float, high: float, below: float | None, above: float | None) -> str:
     """SUPPORTED / NOT SUPPORTED / INCONCLUSIVE from an interval and the claimed side of a threshold."""
     if below is None and above is None:
-        raise ValueError("a test needs supported_below or supported_above")
+        raise SettingError("a test needs supported_below or supported_above")
     if math.isnan(low) or math.isnan(high):
         return INCONCLUSIVE
     if below is not None:
@@ -251,7 +252,7 @@ def run_test(table: Table, spec: Mapping[str, Any], settings: VerdictSettings,
     controls: dict[str, dict[str, Any]] = {}
     for role, items in (spec.get("controls") or {}).items():
         if role not in DESIGNED:
-            raise ValueError(f"control role {role!r}; choose one of {sorted(DESIGNED)}")
+            raise SettingError(f"control role {role!r}; choose one of {sorted(DESIGNED)}")
         c_est, c_verdict, c_what = evaluate(table, with_replicates(spec, list(items)), settings, maps)
         controls[role] = {"what": c_what, "verdict": c_verdict,
                           "designed": DESIGNED[role], "passed": c_verdict == DESIGNED[role], **asdict(c_est)}

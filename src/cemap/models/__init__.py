@@ -14,6 +14,7 @@ from torch import nn
 
 from cemap.models.base import ModelInfo
 from cemap.models.dncnn import DnCNN
+from cemap.validation import SettingError
 
 MODELS: dict[str, str] = {
     "dncnn": "cemap.models.dncnn:DnCNN",
@@ -69,7 +70,7 @@ def model_class(family: str) -> type[nn.Module]:
     try:
         module, name = MODELS[family].split(":")
     except KeyError:
-        raise ValueError(f"unknown model family {family!r}; registered: {sorted(MODELS)}") from None
+        raise SettingError(f"unknown model family {family!r}; registered: {sorted(MODELS)}") from None
     return getattr(import_module(module), name)
 
 

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cemap.models.base import ModelInfo
+from cemap.validation import SettingError
 
 BRANCHES = ("none", "global_mean")
 
@@ -41,9 +42,9 @@ class ControlRestorer(nn.Module):
                  centre: float = 0.5, scale: int = 1, checker: float = 0.0) -> None:
         super().__init__()
         if branch not in BRANCHES:
-            raise ValueError(f"branch={branch!r}; choose one of {BRANCHES}")
+            raise SettingError(f"branch={branch!r}; choose one of {BRANCHES}")
         if radius < 1 or sigma <= 0 or not math.isfinite(gain + checker) or scale < 1:
-            raise ValueError(f"need radius >= 1, sigma > 0, a finite gain and scale >= 1 (got {radius}, {sigma}, "
+            raise SettingError(f"need radius >= 1, sigma > 0, a finite gain and scale >= 1 (got {radius}, {sigma}, "
                              f"{gain}, {scale})")
         ax = torch.arange(-radius, radius + 1, dtype=torch.float32)
         g = torch.exp(-(ax**2) / (2 * sigma**2))

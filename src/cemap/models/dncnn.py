@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from cemap.models.base import ModelInfo
+from cemap.validation import SettingError
 
 
 class DnCNN(nn.Module):
@@ -24,9 +25,9 @@ class DnCNN(nn.Module):
                  init: str = "kaiming") -> None:
         super().__init__()
         if depth < 2:
-            raise ValueError(f"DnCNN depth={depth} must be >= 2")
+            raise SettingError(f"DnCNN depth={depth} must be >= 2")
         if init not in ("kaiming", "default"):
-            raise ValueError(f"DnCNN init={init!r}; choose kaiming or default")
+            raise SettingError(f"DnCNN init={init!r}; choose kaiming or default")
         layers: list[nn.Module] = [nn.Conv2d(in_channels, features, 3, padding=1), nn.ReLU(inplace=True)]
         for _ in range(depth - 2):
             layers += [nn.Conv2d(features, features, 3, padding=1), nn.ReLU(inplace=True)]

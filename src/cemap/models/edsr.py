@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from cemap.models.base import MeanShift, ModelInfo
+from cemap.validation import SettingError
 
 
 class ResBlock(nn.Module):
@@ -29,7 +30,7 @@ def pixel_shuffle_upsampler(scale: int, width: int) -> nn.Sequential:
     elif scale == 3:
         layers += [nn.Conv2d(width, 9 * width, 3, padding=1), nn.PixelShuffle(3)]
     else:
-        raise ValueError(f"scale={scale} is not supported (use 2^n or 3)")
+        raise SettingError(f"scale={scale} is not supported (use 2^n or 3)")
     return nn.Sequential(*layers)
 
 

@@ -25,6 +25,7 @@ from torch import nn
 
 from cemap.models.base import DIV2K_MEAN, MeanShift, ModelInfo
 from cemap.models.edsr import pixel_shuffle_upsampler
+from cemap.validation import SettingError
 
 CHANNEL_ATTENTION = ("global", "none", "half", "window", "grid")
 
@@ -53,7 +54,7 @@ class ChannelAttention(nn.Module):
             return F.avg_pool2d(x, self.pooling, self.pooling, ceil_mode=True)
         if self.mode == "grid":
             return F.adaptive_avg_pool2d(x, self.pooling)
-        raise ValueError(f"channel attention mode {self.mode!r} has no pooling")
+        raise SettingError(f"channel attention mode {self.mode!r} has no pooling")
 
     def weights(self, x: torch.Tensor) -> torch.Tensor:
         """The attention map before it is broadcast back: (N, C, 1, 1) global, (N, C, H/p, W/p) window, (N, C, p, p)
@@ -123,13 +124,13 @@ class RCAN(nn.Module):
     ) -> None:
         super().__init__()
         if channel_attention not in CHANNEL_ATTENTION:
-            raise ValueError(f"channel_attention={channel_attention!r}; choose one of {CHANNEL_ATTENTION}")
+            raise SettingError(f"channel_attention={channel_attention!r}; choose one of {CHANNEL_ATTENTION}")
         if channel_attention in ("window", "grid") and pooling < 1:
-            raise ValueError(f"channel_attention={channel_attention} needs pooling >= 1, got {pooling}")
+            raise SettingError(f"channel_attention={channel_attention} needs pooling >= 1, got {pooling}")
         if layout not in ("basicsr", "official"):
-            raise ValueError(f"layout={layout!r}; choose basicsr or official")
+            raise SettingError(f"layout={layout!r}; choose basicsr or official")
         if layout == "official" and (channel_attention != "global" or scale == 1):
-            raise ValueError("the official RCAN layout exists only for the x4 model with global channel attention")
+            raise SettingError("the official RCAN layout exists only for the x4 model with global channel attention")
         self.scale, self.img_range, self.layout = scale, img_range, layout
 
         def group(mode: str) -> ResidualGroup:

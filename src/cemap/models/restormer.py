@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cemap.models.base import ModelInfo, pad_to_multiple
+from cemap.validation import SettingError
 
 
 class LayerNorm2d(nn.Module):
@@ -132,7 +133,7 @@ class Restormer(nn.Module):
     ) -> None:
         super().__init__()
         if layer_norm not in ("WithBias", "BiasFree"):
-            raise ValueError(f"layer_norm={layer_norm!r}; choose WithBias or BiasFree")
+            raise SettingError(f"layer_norm={layer_norm!r}; choose WithBias or BiasFree")
         wb = layer_norm == "WithBias"
 
         def stage(d: int, n: int, h: int) -> nn.Sequential:

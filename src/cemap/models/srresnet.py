@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cemap.models.base import ModelInfo
+from cemap.validation import SettingError
 
 
 class ResidualBlockNoBN(nn.Module):
@@ -30,7 +31,7 @@ class SRResNet(nn.Module):
     def __init__(self, scale: int = 4, features: int = 64, blocks: int = 16) -> None:
         super().__init__()
         if scale not in (1, 2, 3, 4):
-            raise ValueError(f"SRResNet scale={scale}; choose 1, 2, 3 or 4")
+            raise SettingError(f"SRResNet scale={scale}; choose 1, 2, 3 or 4")
         self.scale = scale
         self.conv_first = nn.Conv2d(3, features, 3, padding=1)
         self.body = nn.Sequential(*[ResidualBlockNoBN(features) for _ in range(blocks)])

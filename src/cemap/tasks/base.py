@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from cemap.grid import Block
+from cemap.validation import SettingError
 
 RandomSource = np.random.Generator | np.random.RandomState
 """Degradations accept either; the engine passes ``RandomState(seed)`` (the paper's demo stream) for the degradation and
@@ -50,7 +51,7 @@ def quantize_8bit(img: torch.Tensor, mode: str) -> torch.Tensor:
         return torch.round(img * 255.0) / 255.0
     if mode == "none":
         return img
-    raise ValueError(f"quantize={mode!r}; choose truncate, round or none")
+    raise SettingError(f"quantize={mode!r}; choose truncate, round or none")
 
 
 class Task(ABC):

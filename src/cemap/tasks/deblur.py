@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from cemap.grid import Block
 from cemap.tasks.base import Degraded, RandomSource, Task, quantize_8bit
 from cemap.tasks.derain import streak_kernel
+from cemap.validation import SettingError
 
 
 def gaussian_kernel(size: int, sigma: float) -> np.ndarray:
@@ -51,9 +52,9 @@ class Deblur(Task):
 
     def __post_init__(self) -> None:
         if self.kernel not in ("gaussian", "motion"):
-            raise ValueError(f"blur kernel={self.kernel!r}; choose gaussian or motion")
+            raise SettingError(f"blur kernel={self.kernel!r}; choose gaussian or motion")
         if self.kernel_size < 3 or self.kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size={self.kernel_size} must be odd and >= 3")
+            raise SettingError(f"kernel_size={self.kernel_size} must be odd and >= 3")
         self.sigma_range = tuple(self.sigma_range)  # type: ignore[assignment]
 
     @property
@@ -71,7 +72,7 @@ class Deblur(Task):
 
     def degrade(self, clean: torch.Tensor, rng: RandomSource) -> Degraded:
         if min(clean.shape[-2:]) <= self.radius:
-            raise ValueError(f"image {tuple(clean.shape[-2:])} is smaller than the blur kernel radius {self.radius}")
+            raise SettingError(f"image {tuple(clean.shape[-2:])} is smaller than the blur kernel radius {self.radius}")
         kernel = torch.from_numpy(self.make_kernel(rng))
         blurred = blur(clean.unsqueeze(0), kernel)[0]
         noise = torch.from_numpy(rng.normal(0.0, self.noise_sigma / 255.0, tuple(clean.shape)))

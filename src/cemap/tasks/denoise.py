@@ -10,6 +10,7 @@ import torch
 
 from cemap.grid import Block
 from cemap.tasks.base import Degraded, RandomSource, Task, quantize_8bit
+from cemap.validation import SettingError
 
 
 @dataclass
@@ -38,11 +39,11 @@ class Denoise(Task):
 
     def __post_init__(self) -> None:
         if self.sigma < 0:
-            raise ValueError(f"sigma={self.sigma} must be >= 0 (in 0..255 units)")
+            raise SettingError(f"sigma={self.sigma} must be >= 0 (in 0..255 units)")
         if self.sigma_range is not None:
             lo, hi = self.sigma_range
             if not 0 <= lo <= hi:
-                raise ValueError(f"sigma_range={self.sigma_range} must satisfy 0 <= lo <= hi")
+                raise SettingError(f"sigma_range={self.sigma_range} must satisfy 0 <= lo <= hi")
             self.sigma_range = (float(lo), float(hi))
         quantize_8bit(torch.zeros(1), self.quantize)  # fail now on an unknown mode
 

@@ -11,6 +11,7 @@ from scipy.signal import fftconvolve
 
 from cemap.grid import Block
 from cemap.tasks.base import Degraded, RandomSource, Task, quantize_8bit, randint
+from cemap.validation import SettingError
 
 SEED_SPREAD = np.array([[0.0, 0.1, 0.0], [0.1, 8.0, 0.1], [0.0, 0.1, 0.0]])
 """3x3 kernel that lightly spreads each streak seed before it is smeared into a streak."""
@@ -102,7 +103,7 @@ class Derain(Task):
 
     def __post_init__(self) -> None:
         if self.preset not in (*RAIN_PRESETS, "random"):
-            raise ValueError(f"rain preset={self.preset!r}; choose one of {[*RAIN_PRESETS, 'random']}")
+            raise SettingError(f"rain preset={self.preset!r}; choose one of {[*RAIN_PRESETS, 'random']}")
 
     def _apply(self, clean: torch.Tensor, rain: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
         return quantize_8bit(clean.to(torch.float64) + beta.to(torch.float64) * rain.to(torch.float64) / 255.0, "round")

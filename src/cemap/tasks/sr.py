@@ -11,12 +11,13 @@ import torch
 from cemap.grid import Block
 from cemap.resize import Resizer, make_resizer
 from cemap.tasks.base import Degraded, RandomSource, Task
+from cemap.validation import SettingError
 
 
 def _check_size(clean: torch.Tensor, scale: int) -> None:
     h, w = clean.shape[-2:]
     if h % scale or w % scale:
-        raise ValueError(
+        raise SettingError(
             f"image size {h}x{w} is not divisible by the SR scale {scale}; crop it to "
             f"{h - h % scale}x{w - w % scale} (the CLI's crop= option trims to a multiple of the scale)"
         )
@@ -41,7 +42,7 @@ class SuperResolution(Task):
 
     def __post_init__(self) -> None:
         if self.scale < 2:
-            raise ValueError(f"SR scale={self.scale} must be >= 2")
+            raise SettingError(f"SR scale={self.scale} must be >= 2")
         self.resizer = make_resizer(self.kernel)
 
     def degrade(self, clean: torch.Tensor, rng: RandomSource) -> Degraded:

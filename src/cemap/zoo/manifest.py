@@ -13,6 +13,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from cemap.config import CONF_DIR, TrainedRef, training_overrides
+from cemap.validation import SettingError
 
 MANIFEST = CONF_DIR / "zoo" / "bench.yaml"
 FLOOR_KINDS = ("dn", "sr", "sweep", "mix", "baseline")
@@ -46,7 +47,7 @@ class Job:
         """``python -m cemap.train`` arguments that train this job (``steps`` replaces the manifest's)."""
         n = steps if steps is not None else self.steps
         if n is None:
-            raise ValueError(f"{self.key}: no steps in the manifest; calibrate first (experiments/train_zoo.py)")
+            raise SettingError(f"{self.key}: no steps in the manifest; calibrate first (experiments/train_zoo.py)")
         trained = TrainedRef(schedule=self.schedule, mix=self.mix or {}, data=self.data)
         return [*training_overrides(self.model, str(self.task), trained, str(output_root)), f"seed={self.seed}",
                 f"train.steps={n}", f"device={device}", "progress=false"]
@@ -73,7 +74,7 @@ class Manifest:
     def select(self, names: list[str], group: str | None = None) -> list[Job]:
         """Jobs named (entry name or job key) or in ``group``; all jobs when neither is given."""
         if group is not None and group not in self.groups:
-            raise ValueError(f"no zoo group {group!r}; groups: {sorted(self.groups)}")
+            raise SettingError(f"no zoo group {group!r}; groups: {sorted(self.groups)}")
         wanted = set(names) | set(self.groups.get(group, []) if group else [])
         return [j for j in self.jobs if not wanted or j.key in wanted or j.name in wanted]
 
@@ -91,7 +92,7 @@ def _steps_per_seed(entry: dict) -> list[int | None]:
     if not isinstance(steps, list):
         return [steps] * len(seeds)
     if len(steps) != len(seeds):
-        raise ValueError(f"zoo entry {entry['name']}: {len(steps)} steps for {len(seeds)} seeds")
+        raise SettingError(f"zoo entry {entry['name']}: {len(steps)} steps for {len(seeds)} seeds")
     return [int(n) for n in steps]
 
 
@@ -102,7 +103,7 @@ def load_manifest(path: str | Path = MANIFEST) -> Manifest:
     for e in node["entries"]:
         unknown = set(e) - {"name", "model", "task", "mix", "schedule", "steps", "seeds", "floor", "data"}
         if unknown or e["floor"] not in FLOOR_KINDS or bool(e.get("task")) == bool(e.get("mix")):
-            raise ValueError(f"bad zoo entry {e}: unknown keys {sorted(unknown)}, floor must be one of {FLOOR_KINDS}, "
+            raise SettingError(f"bad zoo entry {e}: unknown keys {sorted(unknown)}, floor must be one of {FLOOR_KINDS}, "
                              "and exactly one of task / mix")
         mix = dict(node["mix"]) if e.get("mix") else None
         for seed, steps in zip(e["seeds"], _steps_per_seed(e)):
@@ -112,5 +113,5 @@ def load_manifest(path: str | Path = MANIFEST) -> Manifest:
     equal = [list(names) for names in node.get("equal_steps", [])]
     unknown = {n for names in [*groups.values(), *equal] for n in names} - {j.name for j in jobs}
     if unknown:
-        raise ValueError(f"zoo groups or equal_steps name unknown entries: {sorted(unknown)}")
+        raise SettingError(f"zoo groups or equal_steps name unknown entries: {sorted(unknown)}")
     return Manifest(jobs, dict(node["floors"]), dict(node.get("eval", {})), groups, equal)
