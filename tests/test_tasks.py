@@ -166,3 +166,22 @@ def test_folder_set_paired_and_conversions(tmp_path) -> None:  # type: ignore[no
     assert gt2.shape == (8, 12, 3) and lq.shape == (2, 3, 3)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         list(FolderSet(gt=str(tmp_path / "nope")))
+
+
+def test_every_task_names_its_classical_baseline() -> None:
+    """Task.baseline replaces an isinstance chain: SR upsamples bicubically, denoising picks the best Gaussian
+    filter, the rest are measured against their degraded input."""
+    import torch
+
+    from cemap.tasks.denoise import Denoise
+    from cemap.tasks.derain import Derain
+    from cemap.tasks.sr import SuperResolution, UpsampledSR
+
+    clean = [torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))]
+    lr = [torch.rand(3, 8, 8)]
+    name, out = SuperResolution(scale=4).baseline(lr, clean)
+    assert name == "bicubic" and out[0].shape == clean[0].shape
+    assert UpsampledSR(sr_scale=4).baseline(clean, clean)[0] == "bicubic"
+    name, out = Denoise(sigma=50).baseline([c + 0.2 * torch.randn_like(c) for c in clean], clean)
+    assert name.startswith("gaussian(sigma=") and out[0].shape == clean[0].shape
+    assert Derain().baseline(clean, clean) == ("degraded input", clean)

@@ -22,11 +22,7 @@ from torch import nn
 from cemap import results
 from cemap.imageio import to_tensor
 from cemap.metrics import psnr, ssim
-from cemap.resize import make_resizer
 from cemap.tasks.base import Task
-from cemap.tasks.deblur import blur, gaussian_kernel
-from cemap.tasks.denoise import Denoise
-from cemap.tasks.sr import SuperResolution, UpsampledSR
 from cemap.validation import SettingError
 
 
@@ -155,28 +151,6 @@ def _mean_metrics(outputs: list[torch.Tensor], targets: list[torch.Tensor], crop
     return float(np.mean(p)), float(np.mean(s))
 
 
-def classical_baseline(task: Task, degraded: list[torch.Tensor], targets: list[torch.Tensor],
-                       crop_border: int) -> tuple[str, list[torch.Tensor]]:
-    """The task's classical answer on the same images: bicubic upsampling for SR, the best Gaussian filter (sigma
-    chosen on these very images, an optimistic baseline) for denoising, the degraded input itself otherwise."""
-    if isinstance(task, SuperResolution):
-        up = make_resizer(task.kernel)
-        return "bicubic", [up(d.unsqueeze(0), t.shape[-2], t.shape[-1])[0] for d, t in zip(degraded, targets)]
-    if isinstance(task, Denoise):
-        best: tuple[float, float, list[torch.Tensor]] | None = None
-        for sigma in np.arange(0.4, 3.01, 0.1):
-            k = torch.from_numpy(gaussian_kernel(2 * math.ceil(3 * sigma) + 1, float(sigma)))
-            out = [blur(d.unsqueeze(0), k)[0].float() for d in degraded]
-            score = float(np.mean([psnr(o, t, crop_border).item() for o, t in zip(out, targets)]))  # SSIM: once, below
-            if best is None or score > best[0]:
-                best = (score, float(sigma), out)
-        assert best is not None
-        return f"gaussian(sigma={best[1]:.1f})", best[2]
-    if isinstance(task, UpsampledSR):
-        return "bicubic", degraded
-    return "degraded input", degraded
-
-
 def evaluation_pairs(task: Task, images: Sequence[np.ndarray], seed: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """(targets, degraded inputs) of an evaluation: image ``i`` degraded with seed ``seed + i``."""
     targets = [to_tensor(im) for im in images]
@@ -186,7 +160,7 @@ def evaluation_pairs(task: Task, images: Sequence[np.ndarray], seed: int) -> tup
 def baseline_scores(task: Task, images: Sequence[np.ndarray], seed: int, crop_border: int = 0) -> tuple[str, float, float]:
     """(name, PSNR, SSIM) of the task's classical baseline on the evaluation images (no model needed)."""
     targets, degraded = evaluation_pairs(task, images, seed)
-    name, base = classical_baseline(task, degraded, targets, crop_border)
+    name, base = task.baseline(degraded, targets, crop_border)
     return (name, *_mean_metrics(base, targets, crop_border))
 
 

@@ -95,6 +95,13 @@ class Task(ABC):
         acceleration relies on it, after checking it on a sample block."""
         return 0
 
+    def baseline(self, degraded: list[torch.Tensor], targets: list[torch.Tensor],
+                 crop_border: int = 0) -> tuple[str, list[torch.Tensor]]:
+        """The task's classical answer on evaluation images (what a trained model must beat): its name and outputs.
+        Here the degraded input itself, the bar for tasks without a classical method computed here (deraining,
+        deblurring); SR and denoising override it."""
+        return "degraded input", degraded
+
     def describe(self) -> dict[str, object]:
         """Settings that change results, for result metadata and cache keys."""
         return {"name": self.name, "scale": self.scale}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar, Optional
 
@@ -9,7 +10,9 @@ import numpy as np
 import torch
 
 from cemap.grid import Block
+from cemap.metrics import psnr
 from cemap.tasks.base import Degraded, RandomSource, Task, quantize_8bit
+from cemap.tasks.deblur import blur, gaussian_kernel
 from cemap.validation import SettingError
 
 
@@ -70,6 +73,19 @@ class Denoise(Task):
         rows, cols = block.scaled(self.scale)
         out[:, :, rows, cols] = noisy_patches.to(out.dtype)
         return out
+
+    def baseline(self, degraded: list[torch.Tensor], targets: list[torch.Tensor],
+                 crop_border: int = 0) -> tuple[str, list[torch.Tensor]]:
+        """The best Gaussian filter, its sigma chosen on these very images (an optimistic classical baseline)."""
+        best: tuple[float, float, list[torch.Tensor]] | None = None
+        for sigma in np.arange(0.4, 3.01, 0.1):
+            k = torch.from_numpy(gaussian_kernel(2 * math.ceil(3 * sigma) + 1, float(sigma)))
+            out = [blur(d.unsqueeze(0), k)[0].float() for d in degraded]
+            score = float(np.mean([psnr(o, t, crop_border).item() for o, t in zip(out, targets)]))
+            if best is None or score > best[0]:
+                best = (score, float(sigma), out)
+        assert best is not None
+        return f"gaussian(sigma={best[1]:.1f})", best[2]
 
     def describe(self) -> dict[str, object]:
         return {"name": self.name, "scale": self.scale, "sigma": self.sigma, "quantize": self.quantize,

@@ -58,6 +58,12 @@ class SuperResolution(Task):
         out[:, :, rows, cols] = small.to(out.dtype)
         return out
 
+    def baseline(self, degraded: list[torch.Tensor], targets: list[torch.Tensor],
+                 crop_border: int = 0) -> tuple[str, list[torch.Tensor]]:
+        """Bicubic upsampling of the low-resolution input (the task's own resize kernel)."""
+        up = make_resizer(self.kernel)
+        return "bicubic", [up(d.unsqueeze(0), t.shape[-2], t.shape[-1])[0] for d, t in zip(degraded, targets)]
+
     def describe(self) -> dict[str, object]:
         return {"name": self.name, "scale": self.scale, "kernel": self.kernel}
 
@@ -100,6 +106,11 @@ class UpsampledSR(Task):
     @property
     def intervention_spread(self) -> int:
         return 2 * self.sr_scale  # the cubic kernel reaches 2 LR pixels
+
+    def baseline(self, degraded: list[torch.Tensor], targets: list[torch.Tensor],
+                 crop_border: int = 0) -> tuple[str, list[torch.Tensor]]:
+        """The input is already the bicubic upsampling: it is the classical baseline."""
+        return "bicubic", degraded
 
     def describe(self) -> dict[str, object]:
         return {"name": self.name, "scale": 1, "sr_scale": self.sr_scale, "kernel": self.kernel}
