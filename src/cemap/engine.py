@@ -6,8 +6,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import platform
-import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -18,20 +16,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-import cemap
 from cemap import results
 from cemap.estimators import Estimator, make_estimator
 from cemap.grid import ROI, Block, BlockGrid, GeometryError
 from cemap.locality import LocalityPlan, LocalitySettings, plan_for_model
 from cemap.metrics import ROIMetric, roi_metric
 from cemap.patches import PatchBank
+from cemap.provenance import ImageModel, git_commit, model_fingerprint, sha256_tensor, versions
 from cemap.results import STATUS_STRUCTURAL_ZERO, CEMResult
 from cemap.tasks.base import Degraded, Task
 from cemap.validation import SettingError
 
 log = logging.getLogger(__name__)
 
-ImageModel = torch.nn.Module | Callable[[torch.Tensor], torch.Tensor]
 
 
 class ModelOutputError(RuntimeError):
@@ -128,47 +125,6 @@ def as_patch_bank(patches: PatchBank | np.ndarray | None, block_size: int) -> Pa
     from cemap.data import default_patch_bank
 
     return default_patch_bank(block_size)
-
-
-def model_fingerprint(model: ImageModel) -> str:
-    """sha256 of a module's parameters and buffers (or of a callable's qualified name): ties saved state to a model."""
-    h = hashlib.sha256()
-    if isinstance(model, torch.nn.Module):
-        h.update(type(model).__qualname__.encode())
-        for name, t in model.state_dict().items():
-            h.update(name.encode())
-            h.update(t.detach().cpu().contiguous().numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().cpu().numpy().tobytes())
-    else:
-        h.update(getattr(model, "__qualname__", repr(model)).encode())
-    return h.hexdigest()
-
-
-def _sha256_tensor(t: torch.Tensor) -> str:
-    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
-
-
-def git_commit() -> str | None:
-    """The commit of the cemap checkout in use, when it is one."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(cemap.__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def versions() -> dict[str, str]:
-    return {
-        "cemap": cemap.__version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-    }
 
 
 @dataclass
@@ -383,167 +339,48 @@ class CausalEffectMap:
         restricts the work to those flat block indices (the others are marked not computed), e.g. one shard of a map
         split over several jobs.
         """
-        started = time.perf_counter()
-        forwards_before = self.forwards
-        clean_t = as_clean_tensor(clean)
-        single = isinstance(roi, ROI) or (isinstance(roi, tuple) and len(roi) == 3 and all(isinstance(v, int) for v in roi))
-        rois = [roi] if single else list(roi)  # type: ignore[list-item]
-        rois = [r if isinstance(r, ROI) else ROI(*r) for r in rois]
-        if not rois:
-            raise GeometryError("at least one ROI is needed")
-        _, height, width = clean_t.shape
-        grid = BlockGrid(height, width, block_size, scale=self.task.block_multiple)
-        roi_masks = [grid.roi_mask(r) for r in rois]
-        est = make_estimator(estimator) if isinstance(estimator, str) else estimator
-        selected = np.ones(len(grid), dtype=bool)
-        if blocks is not None:
-            chosen_blocks = np.asarray(list(blocks), dtype=np.int64)
-            if chosen_blocks.size and (chosen_blocks.min() < 0 or chosen_blocks.max() >= len(grid)):
-                raise GeometryError(f"blocks must be flat indices in [0, {len(grid)}), got {sorted(set(chosen_blocks.tolist()))[:5]}...")
-            selected[:] = False
-            selected[chosen_blocks] = True
-        bank = as_patch_bank(patches, block_size)
-        bank.check_block(min(block_size, height), min(block_size, width))
-
+        started, forwards_before = time.perf_counter(), self.forwards
+        job = MapJob.prepare(clean, roi, block_size, estimator, seed, patches, blocks, self.task.block_multiple)
         if degraded is None:
-            degraded = self.task.degrade(clean_t, np.random.RandomState(seed))
-        degraded = degraded.to(self.device, torch.float32)
-        clean_d = clean_t.to(self.device)
-
-        n_rois, n_blocks = len(rois), len(grid)
+            degraded = self.task.degrade(job.clean, np.random.RandomState(seed))
+        fingerprint = model_fingerprint(self.model)
         with tf32_mode(self.tf32):
-            plan = self._plan_locality(degraded, clean_d, rois, grid, bank, seed)
-            reachable = np.ones((n_rois, n_blocks), dtype=bool) if plan.reachable is None else plan.reachable
-            window = plan.window
-            scored_clean, scored_rois = plan.crop_output(clean_d, rois, self.task.scale)
+            run = _StageRunner(self, job, degraded.to(self.device, torch.float32), fingerprint, state_path,
+                               checkpoint_every_s)
+            run.run()
+        common = self._provenance(job, run, fingerprint, blocks is not None)
+        common.update(forwards=self.forwards - forwards_before, seconds=round(time.perf_counter() - started, 3))
+        out = [run.result(r, common, keep_samples, meta) for r in range(len(job.rois))]
+        return out[0] if job.single else out
 
-            def model_input(batch: torch.Tensor) -> torch.Tensor:
-                return batch if window is None else window.crop(batch).contiguous()
-
-            origin_input = model_input(degraded.image.unsqueeze(0))
-            if self.automatic_batch:
-                self.batch_size = self._auto_batch_size(origin_input)
-            key = self._state_key(clean_t, degraded, rois, grid, est, seed, bank, plan)
-            resumed = results.load_partial(Path(state_path), key) if state_path else None
-            stages: list[np.ndarray] = resumed[1] if resumed else []
-            if resumed:
-                log.info("resuming from %s (%d stage(s) saved)", state_path, len(stages))
-
-            origin = self._score(origin_input, scored_clean, scored_rois)[0]
-            if resumed and not np.array_equal(resumed[0], origin):
-                log.warning("saved origin %s differs from recomputed %s: starting over", resumed[0], origin)
-                stages = []
-            orient = 1.0 if self.metric.higher_is_better else -1.0
-            last_save = time.monotonic()
-
-            pending = _Pending([], [])
-
-            def checkpoint(force: bool = False) -> None:
-                nonlocal last_save
-                if state_path and (force or time.monotonic() - last_save >= checkpoint_every_s):
-                    self._drain(pending)
-                    results.save_partial(Path(state_path), key, origin, stages)
-                    last_save = time.monotonic()
-
-            def differences(r: int, upto: int) -> list[np.ndarray]:
-                return [orient * (origin[r] - st[r]) for st in stages[:upto]]
-
-            sampled = selected & reachable.any(axis=0)
-            stage = 0
-            while True:
-                plans = [est.plan(stage, n_blocks, differences(r, stage)) for r in range(n_rois)]
-                if all(p is None for p in plans):
-                    break
-                wanted = np.max(np.stack([np.zeros(n_blocks, dtype=np.int64) if p is None else p for p in plans]), axis=0)
-                counts = np.where(sampled, wanted, 0)
-                depth = int(counts.max(initial=0))
-                if stage < len(stages) and stages[stage].shape == (n_rois, n_blocks, depth):
-                    store = stages[stage]
-                else:
-                    store = np.full((n_rois, n_blocks, depth), np.nan)
-                    stages[stage:] = [store]
-                todo = [
-                    (k, np.flatnonzero(np.isnan(store[0, k, : counts[k]])))
-                    for k in range(n_blocks)
-                    if counts[k] and np.isnan(store[0, k, : counts[k]]).any()
-                ]
-                total = int(sum(len(d) for _, d in todo))
-                bar = tqdm(total=total, desc=f"CEM stage {stage}", unit="fwd", disable=not self.progress, leave=False)
-                for k, draws in todo:
-                    block = grid.block(k)
-                    interventions = model_input(block_interventions(
-                        self.task, degraded, clean_d, bank, block, stage, int(counts[k]), seed, self.device))
-                    start = 0
-                    while start < len(draws):
-                        take = draws[start : start + max(1, self.batch_size - pending.size)]
-                        pending.inputs.append(interventions[torch.as_tensor(take, device=self.device)])
-                        pending.targets.append((store, k, take))
-                        pending.size += len(take)
-                        start += len(take)
-                        if pending.size >= self.batch_size:
-                            flushed = pending.size
-                            self._flush(pending, scored_clean, scored_rois)
-                            bar.update(flushed)
-                            checkpoint()
-                flushed = pending.size
-                self._flush(pending, scored_clean, scored_rois)
-                self._drain(pending)
-                bar.update(flushed)
-                bar.close()
-                checkpoint(force=True)
-                stage += 1
-
-        elapsed = round(time.perf_counter() - started, 3)
-        forwards = np.zeros(n_blocks, dtype=np.int64)
-        for st in stages:
-            forwards += np.sum(~np.isnan(st[0]), axis=1)
-        shape = grid.shape
-        common = {
+    def _provenance(self, job: MapJob, run: _StageRunner, fingerprint: str, sharded: bool) -> dict[str, Any]:
+        """The metadata every ROI's result shares: model, task, settings, locality report, versions, commit."""
+        return {
             "model": self.model_name,
-            "model_fingerprint": model_fingerprint(self.model),
+            "model_fingerprint": fingerprint,
             "task": self.task.describe(),
             "metric": self.metric.name,
-            "image_size": [height, width],
-            "block_size": block_size,
-            "grid": list(shape),
-            "estimator": est.describe(),
-            "seed": seed,
-            "blocks": None if blocks is None else np.flatnonzero(selected).tolist(),
-            "patch_bank": {"source": bank.source, "n_patches": len(bank), "patch_size": bank.patch_size, "sha256": bank.sha256},
-            "forwards": self.forwards - forwards_before,
-            "seconds": elapsed,
-            "rois_sharing_forwards": n_rois,
+            "image_size": [job.grid.height, job.grid.width],
+            "block_size": job.grid.block_size,
+            "grid": list(job.grid.shape),
+            "estimator": job.estimator.describe(),
+            "seed": job.seed,
+            "blocks": np.flatnonzero(job.selected).tolist() if sharded else None,
+            "patch_bank": {"source": job.bank.source, "n_patches": len(job.bank), "patch_size": job.bank.patch_size,
+                           "sha256": job.bank.sha256},
+            "forwards": 0,
+            "seconds": 0.0,
+            "rois_sharing_forwards": len(job.rois),
             "device": str(self.device),
             "tf32": self.tf32,
             "precision": self.precision,
             "compile": self.compile,
             "batch_size": self.batch_size,
-            "locality": plan.report,
-            "state_key": key,
+            "locality": run.plan.report,
+            "state_key": run.key,
             "versions": versions(),
             "git_commit": git_commit(),
         }
-        out: list[CEMResult] = []
-        for r, (one, mask) in enumerate(zip(rois, roi_masks)):
-            estimate = est.estimate(differences(r, len(stages)))
-            unseen = ~reachable[r]
-            effects = np.where(selected, np.where(unseen, 0.0, estimate.effects), np.nan).reshape(shape)
-            se = np.where(selected, np.where(unseen, 0.0, estimate.se), np.nan).reshape(shape)
-            status = np.where(unseen, STATUS_STRUCTURAL_ZERO, estimate.status)
-            status = np.where(selected, status, results.STATUS_NOT_COMPUTED).astype(np.uint8).reshape(shape)
-            out.append(CEMResult(
-                effects=effects,
-                se=se,
-                n=np.where(selected & ~unseen, estimate.n, 0).reshape(shape),
-                forwards=forwards.reshape(shape),
-                significant=est.significant(np.nan_to_num(effects), se),
-                status=status,
-                roi_mask=mask,
-                origin=float(origin[r]),
-                samples={f"stage{i}": st[r].reshape(*shape, -1) for i, st in enumerate(stages)} if keep_samples else {},
-                meta={**common, "roi": {"x": one.x, "y": one.y, "size": one.size}, "origin": float(origin[r]), **(meta or {})},
-            ))
-        return out[0] if single else out
 
     # --- helpers --------------------------------------------------------------------------------------------------
 
@@ -554,14 +391,14 @@ class CausalEffectMap:
 
     def _state_key(
         self, clean: torch.Tensor, degraded: Degraded, rois: Sequence[ROI], grid: BlockGrid, est: Estimator, seed: int,
-        bank: PatchBank, plan: LocalityPlan,
+        bank: PatchBank, plan: LocalityPlan, fingerprint: str,
     ) -> str:
         """Everything that changes the samples, hashed: saved state resumes only into an identical computation."""
         settings = {
-            "clean": _sha256_tensor(clean),
-            "degraded": _sha256_tensor(degraded.image),
-            "state": {k: _sha256_tensor(v) for k, v in sorted(degraded.state.items())},
-            "model": model_fingerprint(self.model),
+            "clean": sha256_tensor(clean),
+            "degraded": sha256_tensor(degraded.image),
+            "state": {k: sha256_tensor(v) for k, v in sorted(degraded.state.items())},
+            "model": fingerprint,
             "task": self.task.describe(),
             "metric": self.metric.name,
             "rois": [[r.x, r.y, r.size] for r in rois],
@@ -577,3 +414,178 @@ class CausalEffectMap:
             "reachable": None if plan.reachable is None else hashlib.sha256(plan.reachable.tobytes()).hexdigest(),
         }
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass
+class MapJob:
+    """One ``attribute`` call's inputs, checked: the clean image, ROIs, block grid, estimator, the blocks to compute
+    (a shard may compute only some) and the patch bank."""
+
+    clean: torch.Tensor
+    rois: list[ROI]
+    single: bool
+    grid: BlockGrid
+    roi_masks: list[np.ndarray]
+    estimator: Estimator
+    selected: np.ndarray
+    bank: PatchBank
+    seed: int
+
+    @classmethod
+    def prepare(cls, clean: torch.Tensor | np.ndarray, roi: Any, block_size: int, estimator: str | Estimator,
+                seed: int, patches: PatchBank | np.ndarray | None, blocks: Sequence[int] | None,
+                block_multiple: int) -> MapJob:
+        clean_t = as_clean_tensor(clean)
+        single = isinstance(roi, ROI) or (isinstance(roi, tuple) and len(roi) == 3 and all(isinstance(v, int) for v in roi))
+        rois = [r if isinstance(r, ROI) else ROI(*r) for r in ([roi] if single else list(roi))]
+        if not rois:
+            raise GeometryError("at least one ROI is needed")
+        _, height, width = clean_t.shape
+        grid = BlockGrid(height, width, block_size, scale=block_multiple)
+        roi_masks = [grid.roi_mask(r) for r in rois]  # checks every ROI against the image before any forward
+        bank = as_patch_bank(patches, block_size)
+        bank.check_block(min(block_size, height), min(block_size, width))
+        est = make_estimator(estimator) if isinstance(estimator, str) else estimator
+        return cls(clean_t, rois, single, grid, roi_masks, est, selected_blocks(len(grid), blocks), bank, seed)
+
+
+def selected_blocks(n_blocks: int, blocks: Sequence[int] | None) -> np.ndarray:
+    """Mask of the flat block indices to compute (all when ``blocks`` is None)."""
+    selected = np.ones(n_blocks, dtype=bool)
+    if blocks is None:
+        return selected
+    chosen = np.asarray(list(blocks), dtype=np.int64)
+    if chosen.size and (chosen.min() < 0 or chosen.max() >= n_blocks):
+        raise GeometryError(f"blocks must be flat indices in [0, {n_blocks}), got {sorted(set(chosen.tolist()))[:5]}...")
+    selected[:] = False
+    selected[chosen] = True
+    return selected
+
+
+class _StageRunner:
+    """The stage scheduler and batch executor of one map: the estimator plans each stage's draws per block from
+    the differences so far; the draws still missing are batched through the model; samples are checkpointed (and
+    resumed) under a key of everything that changes them; ``result`` assembles one ROI's map at the end."""
+
+    def __init__(self, engine: CausalEffectMap, job: MapJob, degraded: Degraded, fingerprint: str,
+                 state_path: str | Path | None, checkpoint_every_s: float) -> None:
+        self.engine, self.job, self.degraded = engine, job, degraded
+        self.clean = job.clean.to(engine.device)
+        self.plan = engine._plan_locality(degraded, self.clean, job.rois, job.grid, job.bank, job.seed)
+        n_rois, n_blocks = len(job.rois), len(job.grid)
+        self.reachable = np.ones((n_rois, n_blocks), dtype=bool) if self.plan.reachable is None else self.plan.reachable
+        self.scored_clean, self.scored_rois = self.plan.crop_output(self.clean, job.rois, engine.task.scale)
+        origin_input = self.model_input(degraded.image.unsqueeze(0))
+        if engine.automatic_batch:
+            engine.batch_size = engine._auto_batch_size(origin_input)
+        self.key = engine._state_key(job.clean, degraded, job.rois, job.grid, job.estimator, job.seed, job.bank,
+                                     self.plan, fingerprint)
+        self.state_path = Path(state_path) if state_path else None
+        self.checkpoint_every_s = checkpoint_every_s
+        self.stages, self.origin = self._resume(engine._score(origin_input, self.scored_clean, self.scored_rois)[0])
+        self.orient = 1.0 if engine.metric.higher_is_better else -1.0
+        self.pending = _Pending([], [])
+        self.last_save = time.monotonic()
+
+    def _resume(self, origin: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        resumed = results.load_partial(self.state_path, self.key) if self.state_path else None
+        if not resumed:
+            return [], origin
+        log.info("resuming from %s (%d stage(s) saved)", self.state_path, len(resumed[1]))
+        if not np.array_equal(resumed[0], origin):
+            log.warning("saved origin %s differs from recomputed %s: starting over", resumed[0], origin)
+            return [], origin
+        return resumed[1], origin
+
+    def model_input(self, batch: torch.Tensor) -> torch.Tensor:
+        window = self.plan.window
+        return batch if window is None else window.crop(batch).contiguous()
+
+    def differences(self, r: int, upto: int) -> list[np.ndarray]:
+        return [self.orient * (self.origin[r] - st[r]) for st in self.stages[:upto]]
+
+    def checkpoint(self, force: bool = False) -> None:
+        if self.state_path and (force or time.monotonic() - self.last_save >= self.checkpoint_every_s):
+            self.engine._drain(self.pending)
+            results.save_partial(self.state_path, self.key, self.origin, self.stages)
+            self.last_save = time.monotonic()
+
+    def run(self) -> None:
+        """Stage after stage until the estimator plans no more draws for any ROI."""
+        n_blocks = len(self.job.grid)
+        sampled = self.job.selected & self.reachable.any(axis=0)
+        stage = 0
+        while True:
+            plans = [self.job.estimator.plan(stage, n_blocks, self.differences(r, stage)) for r in range(len(self.job.rois))]
+            if all(p is None for p in plans):
+                return
+            wanted = np.max(np.stack([np.zeros(n_blocks, dtype=np.int64) if p is None else p for p in plans]), axis=0)
+            counts = np.where(sampled, wanted, 0)
+            self._run_stage(stage, counts, self._stage_store(stage, counts))
+            stage += 1
+
+    def _stage_store(self, stage: int, counts: np.ndarray) -> np.ndarray:
+        """The (rois, blocks, draws) sample array of ``stage``: the resumed one if its shape fits, else a new one."""
+        shape = (len(self.job.rois), len(self.job.grid), int(counts.max(initial=0)))
+        if stage < len(self.stages) and self.stages[stage].shape == shape:
+            return self.stages[stage]
+        store = np.full(shape, np.nan)
+        self.stages[stage:] = [store]
+        return store
+
+    def _run_stage(self, stage: int, counts: np.ndarray, store: np.ndarray) -> None:
+        """Forward every missing draw of the stage in batches of ``batch_size`` (across blocks)."""
+        engine, pending = self.engine, self.pending
+        todo = [(k, np.flatnonzero(np.isnan(store[0, k, : counts[k]]))) for k in range(len(self.job.grid))
+                if counts[k] and np.isnan(store[0, k, : counts[k]]).any()]
+        bar = tqdm(total=int(sum(len(d) for _, d in todo)), desc=f"CEM stage {stage}", unit="fwd",
+                   disable=not engine.progress, leave=False)
+        for k, draws in todo:
+            interventions = self.model_input(block_interventions(
+                engine.task, self.degraded, self.clean, self.job.bank, self.job.grid.block(k), stage, int(counts[k]),
+                self.job.seed, engine.device))
+            start = 0
+            while start < len(draws):
+                take = draws[start : start + max(1, engine.batch_size - pending.size)]
+                pending.inputs.append(interventions[torch.as_tensor(take, device=engine.device)])
+                pending.targets.append((store, k, take))
+                pending.size += len(take)
+                start += len(take)
+                if pending.size >= engine.batch_size:
+                    bar.update(self._flush())
+                    self.checkpoint()
+        bar.update(self._flush())
+        engine._drain(pending)
+        bar.close()
+        self.checkpoint(force=True)
+
+    def _flush(self) -> int:
+        flushed = self.pending.size
+        self.engine._flush(self.pending, self.scored_clean, self.scored_rois)
+        return flushed
+
+    def result(self, r: int, common: dict[str, Any], keep_samples: bool, meta: dict[str, Any] | None) -> CEMResult:
+        """ROI ``r``'s map: effects and standard errors of the selected blocks (0 where the model cannot see the
+        block, NaN where this run did not compute it), significance, forwards and metadata."""
+        job, shape = self.job, self.job.grid.shape
+        estimate = job.estimator.estimate(self.differences(r, len(self.stages)))
+        unseen, selected = ~self.reachable[r], job.selected
+        effects = np.where(selected, np.where(unseen, 0.0, estimate.effects), np.nan).reshape(shape)
+        se = np.where(selected, np.where(unseen, 0.0, estimate.se), np.nan).reshape(shape)
+        status = np.where(unseen, STATUS_STRUCTURAL_ZERO, estimate.status)
+        status = np.where(selected, status, results.STATUS_NOT_COMPUTED).astype(np.uint8).reshape(shape)
+        forwards = sum((np.sum(~np.isnan(st[0]), axis=1) for st in self.stages), np.zeros(len(job.grid), dtype=np.int64))
+        one = job.rois[r]
+        return CEMResult(
+            effects=effects,
+            se=se,
+            n=np.where(selected & ~unseen, estimate.n, 0).reshape(shape),
+            forwards=forwards.reshape(shape),
+            significant=job.estimator.significant(np.nan_to_num(effects), se),
+            status=status,
+            roi_mask=job.roi_masks[r],
+            origin=float(self.origin[r]),
+            samples={f"stage{i}": st[r].reshape(*shape, -1) for i, st in enumerate(self.stages)} if keep_samples else {},
+            meta={**common, "roi": {"x": one.x, "y": one.y, "size": one.size}, "origin": float(self.origin[r]),
+                  **(meta or {})},
+        )
