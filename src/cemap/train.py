@@ -26,6 +26,7 @@ import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 from tqdm.auto import tqdm
 
 from cemap import results
@@ -183,53 +184,27 @@ def train(cfg: DictConfig) -> Path:
     if final.is_file():
         log.info("cache hit: %s", final)
         return final
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    device = resolve_device(cfg.device)
-    if world > 1:
-        import torch.distributed as dist
-
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    world, rank, device = start_processes(cfg.device)
     main_process = rank == 0
     if main_process:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-
-    if ema_init_share(cfg.train) > EMA_INIT_SHARE_MAX:
-        log.warning("train.ema_decay=%s over %s steps keeps %.1f%% of the random initialisation in the saved EMA "
-                    "weights; lower ema_decay or train longer", cfg.train.ema_decay, cfg.train.steps,
-                    100 * ema_init_share(cfg.train))
+    warn_if_ema_keeps_init(cfg.train)
     torch.manual_seed(cfg.seed)
     model, model_name = build_model(cfg.model)
     model.to(device)
-    s = cfg.train
-    tasks = tasks_of(cfg)
+    s, tasks, last = cfg.train, tasks_of(cfg), directory / LAST
     sampler = PatchSampler(_images(cfg.data), tasks, s.patch_size, s.batch_size, cfg.seed)
     optimizer = make_optimizer(model.parameters(), s.optimizer, s.lr, s.betas, s.weight_decay)
     ema = EMA(model, s.ema_decay)
-    start = 0
-    last = directory / LAST
-    if last.is_file():
-        state = load_training_state(last)
-        model.load_state_dict(state["params"])
-        ema.model.load_state_dict(state["params_ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        start = int(state["iter"])
-        log.info("resuming %s from step %d", directory, start)
+    start = resume_training(last, model, ema, optimizer)
     ema.model.to(device)
     net: torch.nn.Module = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
     logger = Logger(cfg, directory, main_process, list(tasks))
     if main_process:
         logger.forget_after(start)
-    loss_fn = LOSSES[s.loss]
     config = OmegaConf.to_container(cfg, resolve=True)
     val_images = _images(cfg.val_data)
     stop = s.steps if cfg.max_steps_this_run is None else min(s.steps, start + cfg.max_steps_this_run)
@@ -238,26 +213,14 @@ def train(cfg: DictConfig) -> Path:
     started = time.perf_counter()
     deadline = slice_deadline(cfg, started, world)
     for step in bar:
-        factor = lr_factor(step, s.steps, s.scheduler, s.warmup_steps, s.eta_min_ratio, s.milestones, s.gamma)
-        for group in optimizer.param_groups:
-            group["lr"] = s.lr * factor
-        lq, gt, task_name = sampler.batch(step, rank, world)
-        net.train()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(s.amp) and device.type == "cuda"):
-            loss = loss_fn(net(to_device(lq, device)), to_device(gt, device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if s.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
-        optimizer.step()
-        ema.update(model)
+        loss, task_name, lr = training_step(net, model, ema, optimizer, sampler, s, step, device, rank, world)
         done = step + 1
         if deadline is not None and done < stop and time.perf_counter() > deadline:
             stop = done  # the time slice is over: log, checkpoint and return last.pth as a partial run does
         if done % s.log_every == 0 or done == stop:  # loss.item() waits for the GPU: not on every step
             value = finite_loss(loss, done, last)
             bar.set_postfix(loss=f"{value:.4f}", task=task_name)
-            logger.log({"step": done, "kind": "train", "task": task_name, "loss": value, "lr": s.lr * factor,
+            logger.log({"step": done, "kind": "train", "task": task_name, "loss": value, "lr": lr,
                         "seconds": round(time.perf_counter() - started, 2)})
         if main_process and (done % s.checkpoint_every == 0 or done == stop):
             save_training_checkpoint(last, model, ema, done, config, optimizer)
@@ -271,26 +234,89 @@ def train(cfg: DictConfig) -> Path:
     if stop < s.steps:  # a deliberately partial run (tests, time-sliced jobs)
         logger.finish()
         return last
-
     if main_process:
-        rows = []
-        for name, (task, _) in tasks.items():
-            row = evaluate(ema.model, task, val_images, cfg.seed, device)
-            rows.append({**row.__dict__, "task": name})
-            logger.log({"step": s.steps, "kind": "final", "task": name, "psnr": row.psnr, "ssim": row.ssim})
         summary = {"model": model_name, "key": directory.name, "steps": s.steps,
                    "minutes": round((time.perf_counter() - started) / 60, 2), "resumed_from": start,
-                   "device": str(device), "world_size": world, "ema_init_share": ema_init_share(s), "eval": rows}
-        results.atomic_write_json(directory / EVAL, summary)
-        save_training_checkpoint(final, model, ema, s.steps, config)
-        last.unlink(missing_ok=True)
+                   "device": str(device), "world_size": world, "ema_init_share": ema_init_share(s)}
+        finish_training(directory, model, ema, tasks, val_images, cfg.seed, device, logger, summary, config)
     logger.finish()
+    stop_processes(world)
+    return final
+
+
+def start_processes(device_name: str) -> tuple[int, int, torch.device]:
+    """(world size, rank, device) of this process; under ``torchrun`` the process group is started here."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    device = resolve_device(device_name)
+    if world > 1:
+        import torch.distributed as dist
+
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return world, rank, device
+
+
+def stop_processes(world: int) -> None:
     if world > 1:
         import torch.distributed as dist
 
         dist.barrier()
         dist.destroy_process_group()
-    return final
+
+
+def warn_if_ema_keeps_init(s: DictConfig) -> None:
+    if ema_init_share(s) > EMA_INIT_SHARE_MAX:
+        log.warning("train.ema_decay=%s over %s steps keeps %.1f%% of the random initialisation in the saved EMA "
+                    "weights; lower ema_decay or train longer", s.ema_decay, s.steps, 100 * ema_init_share(s))
+
+
+def resume_training(last: Path, model: nn.Module, ema: EMA, optimizer: torch.optim.Optimizer) -> int:
+    """Load ``last.pth`` (weights, EMA, optimizer, RNG) when there is one; returns the step to start from."""
+    if not last.is_file():
+        return 0
+    state = load_training_state(last)
+    model.load_state_dict(state["params"])
+    ema.model.load_state_dict(state["params_ema"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    log.info("resuming %s from step %d", last.parent, int(state["iter"]))
+    return int(state["iter"])
+
+
+def training_step(net: nn.Module, model: nn.Module, ema: EMA, optimizer: torch.optim.Optimizer,
+                  sampler: PatchSampler, s: DictConfig, step: int, device: torch.device, rank: int,
+                  world: int) -> tuple[torch.Tensor, str, float]:
+    """One optimisation step at the scheduled learning rate; returns (loss on the device, task, learning rate)."""
+    lr = s.lr * lr_factor(step, s.steps, s.scheduler, s.warmup_steps, s.eta_min_ratio, s.milestones, s.gamma)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    lq, gt, task_name = sampler.batch(step, rank, world)
+    net.train()
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(s.amp) and device.type == "cuda"):
+        loss = LOSSES[s.loss](net(to_device(lq, device)), to_device(gt, device))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if s.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+    optimizer.step()
+    ema.update(model)
+    return loss, task_name, lr
+
+
+def finish_training(directory: Path, model: nn.Module, ema: EMA, tasks: dict, val_images: list, seed: int,
+                    device: torch.device, logger: Logger, summary: dict[str, Any], config: Any) -> None:
+    """Evaluate the EMA weights on every task, write ``eval.json`` and ``final.pth``, drop ``last.pth``."""
+    rows = []
+    for name, (task, _) in tasks.items():
+        row = evaluate(ema.model, task, val_images, seed, device)
+        rows.append({**row.__dict__, "task": name})
+        logger.log({"step": summary["steps"], "kind": "final", "task": name, "psnr": row.psnr, "ssim": row.ssim})
+    results.atomic_write_json(directory / EVAL, {**summary, "eval": rows})
+    save_training_checkpoint(directory / FINAL, model, ema, summary["steps"], config)
+    (directory / LAST).unlink(missing_ok=True)
 
 
 def check_schedule(s: DictConfig) -> None:
