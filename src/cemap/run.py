@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from cemap.config import compose_config, drop_keys, training_overrides
 from cemap.data import load_image, patch_bank_from_config
 from cemap.decomposition import PixelDecomposition, first_order_map
 from cemap.engine import CausalEffectMap, resolve_device
-from cemap.estimators import EstimatorSettings, make_estimator
+from cemap.estimators import Estimator, EstimatorSettings, make_estimator
 from cemap.figures import save_cem_lam_figure, save_map_figure
 from cemap.grid import ROI, BlockGrid
 from cemap.imageio import to_tensor, to_uint8
@@ -116,10 +116,27 @@ def roi_list(cfg: DictConfig) -> list[ROI]:
     return [ROI(cfg.roi.x, cfg.roi.y, cfg.roi.size)]
 
 
-def compute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Validate everything cheap first, then compute (or reuse) the maps and write the run's files."""
-    started = time.perf_counter()
-    results.ensure_inside(cfg.output_root, run_dir)
+@dataclass
+class RunInputs:
+    """What one map job needs, loaded and checked before any forward pass."""
+
+    device: torch.device
+    task: Task
+    image: np.ndarray
+    image_name: str
+    rois: list[ROI]
+    estimator: Estimator
+    shard_blocks: list[int] | None
+    bank: PatchBank
+    model: torch.nn.Module
+    model_name: str
+    declared: Any  # the model's ModelInfo (scale, receptive radius), when it declares one
+    ckpt_path: str | None
+    ckpt_sha: str | None
+
+
+def load_inputs(cfg: DictConfig) -> RunInputs:
+    """Task, image, ROIs (checked against the block grid), estimator, shard, patch bank, model and checkpoint."""
     device = resolve_device(cfg.device)
     task = hydra.utils.instantiate(cfg.task)
     image, image_name = load_image(cfg.image, cfg.crop, multiple=task.block_multiple)
@@ -146,64 +163,87 @@ def compute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     ckpt_sha = getattr(model, "checkpoint_sha256", None)  # model=auto reads its checkpoint itself
     if ckpt_sha is None and ckpt_path:
         ckpt_sha = load_checkpoint(model, ckpt_path, strict=cfg.strict)
+    return RunInputs(device, task, image, image_name, rois, estimator, shard_blocks, bank, model, model_name, declared,
+                     ckpt_path, ckpt_sha)
 
-    key = job_key(cfg, image, ckpt_sha, device)
+
+def compute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Validate everything cheap first, then compute (or reuse) the maps and write the run's files."""
+    started = time.perf_counter()
+    results.ensure_inside(cfg.output_root, run_dir)
+    job = load_inputs(cfg)
+    key = job_key(cfg, job.image, job.ckpt_sha, job.device)
     cache = results.ensure_inside(cfg.output_root, Path(cfg.output_root) / "cache" / key)
-    folders = [""] if len(rois) == 1 else [f"roi{i}" for i in range(len(rois))]
+    folders = [""] if len(job.rois) == 1 else [f"roi{i}" for i in range(len(job.rois))]
     maps = load_cached(cache, folders)
     cached = maps is not None
     if maps is None:
         with results.exclusive(cache):
-            cem = CausalEffectMap(
-                model, task, metric=cfg.cem.metric, device=device, batch_size=cfg.cem.batch_size, tf32=cfg.cem.tf32,
-                progress=cfg.progress, model_name=model_name,
-                locality=LocalitySettings(**OmegaConf.to_container(cfg.cem.locality)),  # type: ignore[arg-type]
-                precision=cfg.cem.precision, compile=cfg.cem.compile, channels_last=cfg.cem.channels_last,
-            )
-            out = cem.attribute(
-                to_tensor(image), rois, cfg.cem.block_size, estimator, seed=cfg.seed, patches=bank,
-                state_path=results.partial_path(cache), checkpoint_every_s=cfg.cem.checkpoint_every_s,
-                keep_samples=cfg.cem.keep_samples, blocks=shard_blocks,
-                meta={
-                    "image": {"name": image_name, "source": str(cfg.image), "crop": cfg.crop,
-                              "sha256": hashlib.sha256(image.tobytes()).hexdigest()},
-                    "checkpoint": {"path": ckpt_path, "sha256": ckpt_sha} if ckpt_path else None,
-                    "job_key": key,
-                    "shard": cfg.cem.shard,
-                    "model_info": {"scale": declared.scale, "receptive_radius": declared.receptive_radius}
-                    if declared is not None else None,
-                    "subject": OmegaConf.to_container(cfg.subject, resolve=True) if cfg.subject else None,
-                    "experiment": cfg.experiment.name if cfg.experiment else None,
-                    "config": OmegaConf.to_container(cfg, resolve=True),
-                },
-            )
-            maps = out if isinstance(out, list) else [out]
-            for folder, result in zip(folders, maps):
-                result.save(cache / folder)
-            results.partial_path(cache).unlink(missing_ok=True)
+            maps = compute_maps(cfg, job, key, cache, folders)
+    per_roi = write_job_outputs(cfg, job, maps, folders, run_dir)
+    summary = _combine(per_roi)
+    summary.update(seconds=round(time.perf_counter() - started, 3), cached=cached, result_dir=str(run_dir.resolve()),
+                   forwards=maps[0].meta["forwards"])
+    results.atomic_write_json(run_dir / results.SUMMARY, summary)
+    if cfg.logger == "wandb":
+        log_to_wandb(cfg, run_dir, maps, folders, per_roi, job.model_name, job.task.name)
+    return summary
 
+
+def compute_maps(cfg: DictConfig, job: RunInputs, key: str, cache: Path, folders: list[str]) -> list[CEMResult]:
+    """Run the engine (resumable from the cache's partial state) and store every ROI's map in the cache."""
+    cem = CausalEffectMap(
+        job.model, job.task, metric=cfg.cem.metric, device=job.device, batch_size=cfg.cem.batch_size,
+        tf32=cfg.cem.tf32, progress=cfg.progress, model_name=job.model_name,
+        locality=LocalitySettings(**OmegaConf.to_container(cfg.cem.locality)),  # type: ignore[arg-type]
+        precision=cfg.cem.precision, compile=cfg.cem.compile, channels_last=cfg.cem.channels_last,
+    )
+    declared, image = job.declared, job.image
+    out = cem.attribute(
+        to_tensor(image), job.rois, cfg.cem.block_size, job.estimator, seed=cfg.seed, patches=job.bank,
+        state_path=results.partial_path(cache), checkpoint_every_s=cfg.cem.checkpoint_every_s,
+        keep_samples=cfg.cem.keep_samples, blocks=job.shard_blocks,
+        meta={
+            "image": {"name": job.image_name, "source": str(cfg.image), "crop": cfg.crop,
+                      "sha256": hashlib.sha256(image.tobytes()).hexdigest()},
+            "checkpoint": {"path": job.ckpt_path, "sha256": job.ckpt_sha} if job.ckpt_path else None,
+            "job_key": key,
+            "shard": cfg.cem.shard,
+            "model_info": {"scale": declared.scale, "receptive_radius": declared.receptive_radius}
+            if declared is not None else None,
+            "subject": OmegaConf.to_container(cfg.subject, resolve=True) if cfg.subject else None,
+            "experiment": cfg.experiment.name if cfg.experiment else None,
+            "config": OmegaConf.to_container(cfg, resolve=True),
+        },
+    )
+    maps = out if isinstance(out, list) else [out]
+    for folder, result in zip(folders, maps):
+        result.save(cache / folder)
+    results.partial_path(cache).unlink(missing_ok=True)
+    return maps
+
+
+def write_job_outputs(cfg: DictConfig, job: RunInputs, maps: list[CEMResult], folders: list[str],
+                      run_dir: Path) -> list[dict[str, Any]]:
+    """Each ROI's map, figure and gradient views into the run folder (labelled as this job's); per-ROI summaries."""
+    task, image = job.task, job.image
     degraded = task.degrade(to_tensor(image), np.random.RandomState(cfg.seed))
-    whole = image_psnr(model, degraded, image, device)
+    whole = image_psnr(job.model, degraded, image, job.device)
     shown = np.repeat(np.repeat(to_uint8(degraded.image), task.scale, axis=0), task.scale, axis=1)
     bound = cfg.figure_bound if cfg.figure_bound is not None else task.display_bound
     per_roi = []
-    for folder, result, roi in zip(folders, maps, rois):
+    for folder, result, roi in zip(folders, maps, job.rois):
         # a cached map may have been computed for another subject with identical settings: label it as this job's
         result.meta["subject"] = OmegaConf.to_container(cfg.subject, resolve=True) if cfg.subject else None
         result.meta["experiment"] = cfg.experiment.name if cfg.experiment else None
         result.meta["image_psnr"] = whole
         result.save(run_dir / folder)
         save_map_figure(result, run_dir / folder / results.FIGURE, shown, bound,
-                        title=f"{model_name} / {task.name} / {image_name}  ROI ({roi.x},{roi.y},{roi.size})")
+                        title=f"{job.model_name} / {task.name} / {job.image_name}  ROI ({roi.x},{roi.y},{roi.size})")
         per_roi.append(summarize(result))
-        per_roi[-1].update(gradient_views(cfg, model, task, image, degraded, roi, result, bank, run_dir / folder, shown))
-    summary = _combine(per_roi)
-    summary.update(seconds=round(time.perf_counter() - started, 3), cached=cached, result_dir=str(run_dir.resolve()),
-                   forwards=maps[0].meta["forwards"])
-    results.atomic_write_json(run_dir / results.SUMMARY, summary)
-    if cfg.logger == "wandb":
-        log_to_wandb(cfg, run_dir, maps, folders, per_roi, model_name, task.name)
-    return summary
+        per_roi[-1].update(gradient_views(cfg, job.model, task, image, degraded, roi, result, job.bank,
+                                          run_dir / folder, shown))
+    return per_roi
 
 
 @torch.no_grad()
