@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 
 from cemap.analysis import analyse as analyse_maps
 from cemap.analysis import load_sweep
-from cemap.report import fmt_interval, fmt_value, write_report
+from cemap.report import fmt_interval, fmt_value, missing_reason, write_report
 from cemap.config import compose_config, training_overrides
 from cemap.train import FINAL, run_dir
 from cemap.stats import STATISTIC_UNITS
@@ -123,16 +123,17 @@ def missing_input(cfg) -> str | None:  # type: ignore[no-untyped-def]
     return None
 
 
-def available(args: argparse.Namespace, subjects: list[str]) -> list[str]:
-    """The subjects whose inputs exist here; the others are listed with the reason."""
-    keep = []
+def available(args: argparse.Namespace, subjects: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The subjects whose inputs exist here, and the others with the reason (printed, and shown in the report)."""
+    keep, skipped = [], {}
     for subject in subjects:
         reason = missing_input(compose_config("run", [*base_overrides(args), f"subject={subject}"], with_choices=True))
         if reason:
             print(f"  {subject}: skipped, {reason}", flush=True)
+            skipped[subject] = reason
             continue
         keep.append(subject)
-    return keep
+    return keep, skipped
 
 
 def check_inputs(args: argparse.Namespace, subjects: list[str]) -> None:
@@ -187,16 +188,27 @@ def sweep_folder(args: argparse.Namespace, name: str) -> Path:
     return Path(args.output_root) / "experiments" / f"{name}{suffix}"
 
 
-def canonical(subject: str, profile: str) -> str:
-    """The name the tests use for a profile's subject (b_dn_rcan_ca -> dn_rcan_ca)."""
+def canonical(subject: str, profile: str, roles: dict[str, str] | None = None) -> str:
+    """The role a profile's subject plays in the tests: the tiny subject's name. By default the profile's prefix
+    is dropped (b_dn_rcan_ca -> dn_rcan_ca); a profile's ``roles`` (role -> subject) names the others (the authors'
+    p_sr_edsr_64_16 plays sr_edsr_d16, the deeper member of an EDSR depth pair)."""
+    named = {v: k for k, v in (roles or {}).items()}
+    if subject in named:
+        return named[subject]
     prefix = SUBJECT_PREFIX[profile]
     return subject[len(prefix):] if prefix and subject.startswith(prefix) else subject
 
 
-def analyse(args: argparse.Namespace, cfg, subjects: list[str]) -> dict:  # type: ignore[no-untyped-def]
+def analyse(args: argparse.Namespace, cfg, subjects: list[str],  # type: ignore[no-untyped-def]
+            skipped: dict[str, str] | None = None) -> dict:
     experiment = OmegaConf.to_container(cfg.experiment, resolve=True, enum_to_str=True)
     assert isinstance(experiment, dict)
-    experiment["subjects"] = [canonical(s, args.profile) for s in subjects]
+    node = experiment.get(args.profile) or {} if args.profile != "tiny" else {}
+    roles = node.get("roles") or {}
+    experiment["subjects"] = [canonical(s, args.profile, roles) for s in subjects]
+    # why a test's model has no maps here: the profile has no such model (its ``unavailable``), or it was skipped
+    experiment["unavailable"] = {**(node.get("unavailable") or {}),
+                                 **{canonical(s, args.profile, roles): r for s, r in (skipped or {}).items()}}
     if args.profile != "tiny" and experiment[args.profile].get("local_radius_px") is not None:
         experiment["expected"]["local_radius_px"] = experiment[args.profile]["local_radius_px"]
     folder = sweep_folder(args, experiment["name"])
@@ -205,7 +217,7 @@ def analyse(args: argparse.Namespace, cfg, subjects: list[str]) -> dict:  # type
     if not records:
         raise SystemExit(f"no maps found under {folder}; run the sweep first")
     for r in records:
-        r.subject = canonical(r.subject, args.profile)
+        r.subject = canonical(r.subject, args.profile, roles)
     out = Path(args.results_dir or REPO / "results" / experiment["name"] / args.profile)
     verdict = write_report(out, analyse_maps(experiment, records))
     print(f"\n{experiment['name']} ({args.profile}): {verdict['verdict']}  ({verdict['maps']} maps)")
@@ -215,6 +227,8 @@ def analyse(args: argparse.Namespace, cfg, subjects: list[str]) -> dict:  # type
         print(f"  {t['verdict']:14s} {t['name']}: {t['statistic']} of {t['what']} = {fmt_interval(t, t['statistic'])} "
               f"(n={t['n']} crops), threshold {t['threshold']}; {controls}; "
               f"resolves +/-{fmt_value(t['half_width'], unit)}")
+        for name in t["missing"]:
+            print(f"  {'':14s}   no maps here for {name}: {missing_reason(name, experiment['unavailable'])}")
     print(f"report: {out / 'report.html'}\nsummary: {out / 'summary.md'}")
     if args.logger == "wandb":
         log_summary_run(experiment, verdict, out)
@@ -261,7 +275,7 @@ def main() -> None:
         args.images = [*(args.images or []), *images_in(Path(args.images_dir))]
     started = time.perf_counter()
     cfg = experiment_config(args)
-    subjects = available(args, list(cfg.experiment.subjects))
+    subjects, skipped = available(args, list(cfg.experiment.subjects))
     if args.stage in ("all", "maps"):
         check_inputs(args, subjects)
     if args.stage in ("all", "train"):
@@ -269,7 +283,7 @@ def main() -> None:
     if args.stage in ("all", "maps"):
         sweep(args, subjects)
     if args.stage in ("all", "analyse"):
-        analyse(args, cfg, subjects)
+        analyse(args, cfg, subjects, skipped)
     print(f"done in {(time.perf_counter() - started) / 60:.1f} min", flush=True)
 
 

@@ -217,3 +217,62 @@ def test_command_line_choices_win_over_the_profile(tmp_path: Path) -> None:
         (96, [[8, 8, 16]], 3, "adaptive", "cpu")
     folder = runner.user_overrides(SimpleNamespace(patches=str(tmp_path)))
     assert folder == ["patches.source=folder", f"patches.path={tmp_path}"]
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_role_a_test_names_has_a_subject_or_a_reason_in_every_profile(experiment: str) -> None:
+    """A bench or paper run can only say why a test is NOT TESTABLE if the profile maps each role the tests name to
+    one of its subjects (by prefix, or by ``roles``) or states why it has none (``unavailable``)."""
+    runner = load_runner()
+    cfg = compose_config("run", [f"experiment={experiment}"]).experiment
+    specs = [*cfg.expected.tests, *cfg.expected.contrasts]
+    named = {s for t in specs for s in (t.subjects or [])} | {s for t in specs for p in (t.pairs or []) for s in p}
+    named |= {s for t in cfg.expected.tests for c in (t.controls or {}).values() for item in c
+              for s in ([item] if isinstance(item, str) else item)}
+    for profile in ("bench", "paper"):
+        node = cfg[profile]
+        if not node.subjects:
+            continue
+        assert set(node.roles.values()) <= set(node.subjects), (profile, node.roles)
+        played = {runner.canonical(s, profile, dict(node.roles)) for s in node.subjects}
+        assert not named - played - set(node.unavailable), (profile, sorted(named - played - set(node.unavailable)))
+        assert not set(node.unavailable) & played, (profile, "a role both played and unavailable")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", ["dn_channel_attention", "dr_channel_attention", "sr_receptive_field",
+                                        "mt_multitask_locality"])
+def test_paper_profile_gives_a_verdict_row_for_every_test(experiment: str, reference_dir: Path, tmp_path: Path) -> None:
+    """The paper path on the authors' checkpoint layouts (synthesised, tests/paper_checkpoints.py) and their real
+    DnCNN: every subject loads and maps, every test gets a verdict row (NOT TESTABLE ones say why), and the
+    committed results are untouched."""
+    import hashlib
+
+    from tests.paper_checkpoints import synthesise
+
+    def fingerprint() -> str:
+        files = sorted(p for p in (REPO / "results").rglob("*") if p.is_file())
+        return hashlib.sha256(b"".join(p.read_bytes() for p in files)).hexdigest()
+
+    before = fingerprint()
+    subjects = set(compose_config("run", [f"experiment={experiment}"]).experiment.paper.subjects)
+    synthesise(tmp_path / "ckpt", reference_dir, subjects)
+    proc = subprocess.run(
+        [sys.executable, "experiments/runner.py", experiment, "--profile", "paper", "--images-dir",
+         str(reference_dir / "images"), "--crop", "48", "--rois", "[[16,16,16]]", "--samples", "2", "--estimator",
+         "fixed", "--quiet", "--output-root", str(tmp_path / "out"), "--results-dir", str(tmp_path / "results")],
+        cwd=REPO, capture_output=True, text=True, timeout=3000,
+        env={**os.environ, "CKPT_DIR": str(tmp_path / "ckpt"), "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "skipped" not in proc.stdout, "a paper subject could not run"
+    verdict = json.loads((tmp_path / "results" / "verdict.json").read_text())
+    assert verdict["maps"] == len(subjects) * len(list((reference_dir / "images").iterdir()))
+    expected = compose_config("run", [f"experiment={experiment}"]).experiment.expected
+    assert [t["name"] for t in verdict["tests"]] == [t.name for t in expected.tests]
+    for t in verdict["tests"]:
+        assert t["verdict"] in ("SUPPORTED", "NOT SUPPORTED", "INCONCLUSIVE", "NO POWER", "NOT TESTABLE"), t
+        assert t["verdict"] != "NOT TESTABLE" or (t["missing"] and t["n"] == 0), t
+    page = (tmp_path / "results" / "report.html").read_text()
+    assert all(f"no maps here for {m}" in page.lower() for t in verdict["tests"] for m in t["missing"])
+    assert fingerprint() == before, "a paper run changed the committed results"

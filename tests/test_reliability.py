@@ -423,3 +423,16 @@ def test_an_unusable_device_is_a_device_error(device: str, message: str) -> None
 
     with pytest.raises(DeviceError, match=message):
         resolve_device(device)
+
+
+def test_a_planted_pathway_control_on_a_bright_crop_is_not_mistaken_for_0_255() -> None:
+    """control_reach adds 3 x (crop mean - 0.4): on a white crop its median output is ~2.8, still [0, 1] units."""
+    from cemap import CausalEffectMap
+    from cemap.models.controls import ControlRestorer
+    from cemap.tasks import Denoise
+
+    image = np.full((16, 16, 3), 250, dtype=np.uint8)
+    model = ControlRestorer(branch="global_mean", gain=3.0, centre=0.4)
+    result = CausalEffectMap(model, Denoise(sigma=0.0), device="cpu").attribute(image, ROI(0, 0, 8), 8, "fixed",
+                                                                               patches=np.zeros((4, 8, 8, 3), np.uint8))
+    assert np.isfinite(result.origin)

@@ -9,8 +9,9 @@ import pytest
 
 from cemap.results import STATUS_ESTIMATED, STATUS_STRUCTURAL_ZERO, CEMResult
 from cemap.stats import far_excess_power, map_statistics
-from cemap.verdicts import (INCONCLUSIVE, NO_POWER, NOT_SUPPORTED, REPORTED, SUPPORTED, Estimate, TestOutcome,
-                            VerdictSettings, cluster_matrix, decide, estimate, overall, photograph, run_test, run_tests)
+from cemap.verdicts import (INCONCLUSIVE, NO_POWER, NOT_SUPPORTED, NOT_TESTABLE, REPORTED, SUPPORTED, Estimate,
+                            TestOutcome, VerdictSettings, cluster_matrix, decide, estimate, overall, photograph,
+                            run_test, run_tests)
 
 SETTINGS = VerdictSettings(n_boot=500)
 
@@ -108,7 +109,7 @@ def test_controls_decide_whether_the_test_has_power() -> None:
     swapped = run_test(table, {**spec, "controls": {"positive": ["reach"], "negative": ["local"]}}, SETTINGS)
     assert swapped.raw_verdict == SUPPORTED and swapped.verdict == NO_POWER
     missing = run_test(table, {**spec, "controls": {"positive": ["local"], "negative": ["not_run"]}}, SETTINGS)
-    assert missing.verdict == NO_POWER and missing.controls["negative"]["verdict"] == INCONCLUSIVE
+    assert missing.verdict == NO_POWER and missing.controls["negative"]["verdict"] == NOT_TESTABLE
     paired = {"name": "p", "statistic": "s", "pairs": [["model", "local"]], "supported_below": 0.1,
               "controls": {"positive": [["local", "local"]], "negative": [["reach", "local"]]}}
     assert run_test(table, paired, SETTINGS).verdict == SUPPORTED
@@ -191,3 +192,14 @@ def test_report_numbers_have_the_precision_of_their_unit() -> None:
     assert fmt_value(float("nan"), "dB") == "\u2013"
     est = Estimate(0.008, 0.003, 0.013, 12, 36)
     assert fmt_interval(est, "far_mass_fraction") == "0.8% [0.3%, 1.3%]"
+
+
+def test_a_test_without_any_maps_is_not_testable_and_names_what_is_missing() -> None:
+    table = {**table_of("model", {c: [0.01] for c in "ABC"}), **table_of("local", {c: [0.0] for c in "ABC"}),
+             **table_of("reach", {c: [0.5, 0.4] for c in "ABC"})}
+    controls = {"positive": ["local"], "negative": ["reach"]}
+    absent = run_test(table, pooled(below=0.1, subjects=("no_such_model",), controls=controls), SETTINGS)
+    assert absent.verdict == NOT_TESTABLE and absent.missing == ["no_such_model"] and absent.what == "no maps"
+    partial = run_test(table, pooled(below=0.1, subjects=("model", "no_such_model"), controls=controls), SETTINGS)
+    assert partial.verdict == SUPPORTED and partial.what == "model" and partial.missing == ["no_such_model"]
+    assert overall([absent]) == NOT_TESTABLE and overall([absent, partial]) == SUPPORTED

@@ -164,6 +164,11 @@ class ProfileSweep:
     n_samples: Optional[int] = None
     block_size: Optional[int] = None
     local_radius_px: Optional[int] = None  # where "far" starts at this profile (the receptive radius of its local CNN)
+    roles: dict[str, str] = field(default_factory=dict)
+    """Role (the tiny subject's name, which the tests use) -> this profile's subject, where the profile's prefix
+    alone does not name it (``experiments/runner.py canonical``)."""
+    unavailable: dict[str, str] = field(default_factory=dict)
+    """Role -> why this profile has no model for it (shown next to every test that names it)."""
 
 
 @dataclass

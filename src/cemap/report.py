@@ -7,6 +7,7 @@ import base64
 import csv
 import io
 import math
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -168,6 +169,13 @@ def fmt_interval(e: Estimate | dict[str, Any], statistic: str = "") -> str:
     return f"{fmt_value(m, unit)} [{fmt_value(lo, unit)}, {fmt_value(hi, unit)}]"
 
 
+def missing_reason(replicate: str, unavailable: dict[str, str]) -> str:
+    """Why a test's model (or either model of a pair, ``a - b`` / ``a vs b``) has no maps in this run."""
+    names = [n.strip("() ") for n in re.split(r" - | vs |abs\(", replicate) if n.strip("() ")]
+    reasons = list(dict.fromkeys(f"{n}: {unavailable[n]}" for n in names if n in unavailable))
+    return "; ".join(reasons) or "not in this profile's subjects"
+
+
 def _controls(o: TestOutcome) -> str:
     if not o.controls:
         return "none"
@@ -184,7 +192,8 @@ def outcome_rows(outcomes: Sequence[TestOutcome]) -> list[str]:
         e = o.estimate
         verdict = o.verdict if o.verdict == o.raw_verdict else f"{o.verdict} (interval alone: {o.raw_verdict})"
         unit = STATISTIC_UNITS.get(o.statistic, "")
-        rows.append(f"| {o.name} | {o.statistic} | {o.what} | {fmt_interval(e, o.statistic)} | {e.n_clusters} | "
+        what = o.what + (f" (no maps: {'; '.join(o.missing)})" if o.missing else "")
+        rows.append(f"| {o.name} | {o.statistic} | {what} | {fmt_interval(e, o.statistic)} | {e.n_clusters} | "
                     f"{fmt_value(e.replicate_spread, unit)} | {o.threshold} | {_controls(o)} | "
                     f"+/-{fmt_value(e.half_width, unit)} | "
                     f"{verdict} |")
@@ -250,7 +259,7 @@ def write_report(out_dir: Path, analysis: Analysis, extra: Sequence[str] = ()) -
 
 
 VERDICT_CLASS = {"SUPPORTED": "v-supported", "NOT SUPPORTED": "v-not-supported", "INCONCLUSIVE": "v-inconclusive",
-                 "NO POWER": "v-no-power", "REPORTED": "v-reported"}
+                 "NO POWER": "v-no-power", "REPORTED": "v-reported", "NOT TESTABLE": "v-not-testable"}
 CAPTIONS = {
     "map_grid.png": "ROI 0 of each crop per model (rows); each row has its own colour scale, set by the effects "
                     "outside the ROI (the ROI's blocks saturate); pale blocks are not significant.",
@@ -289,6 +298,8 @@ def outcome_view(a: Analysis, o: TestOutcome) -> dict[str, Any]:
                      "threshold cannot be decided with these maps")
     if o.verdict != o.raw_verdict:
         notes.append(f"the interval alone says {o.raw_verdict}")
+    unavailable = a.experiment.get("unavailable") or {}
+    notes += [f"no maps here for {m} ({missing_reason(m, unavailable)})" for m in o.missing]
     controls = [{"role": role, "what": c["what"], "value": fmt_interval(c, o.statistic), "verdict": c["verdict"],
                  "verdict_class": VERDICT_CLASS.get(c["verdict"], ""), "designed": c["designed"]}
                 for role, c in o.controls.items()]

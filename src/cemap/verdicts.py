@@ -18,7 +18,9 @@ Verdict from the interval and the threshold: SUPPORTED when the whole interval l
 NOT SUPPORTED when it lies on the other side, INCONCLUSIVE when it straddles (or fewer than two clusters). Controls:
 a test may name a positive control (models built to have the claimed property) and a negative one (built not to);
 the same test runs on their maps, and unless they come out SUPPORTED and NOT SUPPORTED the test's verdict is
-NO POWER, whatever its own interval says.
+NO POWER, whatever its own interval says. A test none of whose models has maps in a run (a profile without such a
+model: the authors released no denoising RCAN without channel attention; bench weights that do not ship yet) is NOT
+TESTABLE, and every test lists the models it names that have no maps (``missing``).
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ from cemap.results import CEMResult
 from cemap.stats import PAIR_STATISTICS
 from cemap.validation import SettingError
 
-SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, NO_POWER, REPORTED = (
-    "SUPPORTED", "NOT SUPPORTED", "INCONCLUSIVE", "NO POWER", "REPORTED")
+SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, NO_POWER, REPORTED, NOT_TESTABLE = (
+    "SUPPORTED", "NOT SUPPORTED", "INCONCLUSIVE", "NO POWER", "REPORTED", "NOT TESTABLE")
 CLUSTERS = ("crop", "photograph")
 
 Key = tuple[str, str, int]
@@ -97,6 +99,8 @@ class TestOutcome:
     raw_verdict: str
     verdict: str
     controls: dict[str, dict[str, Any]] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+    """The test's models (or pairs) without maps in this run."""
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -220,17 +224,20 @@ def describe(spec: Mapping[str, Any], present: Sequence[tuple[str, ...]] | None 
 
 
 def evaluate(table: Table, spec: Mapping[str, Any], settings: VerdictSettings,
-             maps: Mapping[Key, CEMResult] | None = None) -> tuple[Estimate, str, str]:
-    """One test on one set of replicates: its estimate, its verdict from the interval alone, and what it is of (the
-    replicates that have maps here)."""
+             maps: Mapping[Key, CEMResult] | None = None) -> tuple[Estimate, str, str, list[str]]:
+    """One test on one set of replicates: its estimate, its verdict from the interval alone (NOT TESTABLE without
+    any maps), what it is of (the replicates that have maps here) and the replicates that have none."""
     reps = replicates(spec)
     per_rep = [map_values(table, spec, rep, maps) for rep in reps]
     est = estimate(*cluster_matrix(per_rep, settings.cluster), settings)
     what = describe(spec, [rep for rep, values in zip(reps, per_rep) if values])[0]
+    missing = [describe(spec, [rep])[0] for rep, values in zip(reps, per_rep) if not values]
     below, above = spec.get("supported_below"), spec.get("supported_above")
     if below is None and above is None:
-        return est, REPORTED, what
-    return est, decide(est.low, est.high, below, above), what
+        return est, REPORTED, what, missing
+    if not any(per_rep):
+        return est, NOT_TESTABLE, what, missing
+    return est, decide(est.low, est.high, below, above), what, missing
 
 
 def with_replicates(spec: Mapping[str, Any], items: Sequence[Any]) -> dict[str, Any]:
@@ -246,18 +253,20 @@ DESIGNED = {"positive": SUPPORTED, "negative": NOT_SUPPORTED}
 
 def run_test(table: Table, spec: Mapping[str, Any], settings: VerdictSettings,
              maps: Mapping[Key, CEMResult] | None = None) -> TestOutcome:
-    """A pre-stated test with its controls: NO POWER unless every named control gives its designed verdict."""
-    est, raw, what = evaluate(table, spec, settings, maps)
+    """A pre-stated test with its controls: NO POWER unless every named control gives its designed verdict;
+    NOT TESTABLE when none of its own models has maps."""
+    est, raw, what, missing = evaluate(table, spec, settings, maps)
     threshold = describe(spec)[1]
     controls: dict[str, dict[str, Any]] = {}
     for role, items in (spec.get("controls") or {}).items():
         if role not in DESIGNED:
             raise SettingError(f"control role {role!r}; choose one of {sorted(DESIGNED)}")
-        c_est, c_verdict, c_what = evaluate(table, with_replicates(spec, list(items)), settings, maps)
+        c_est, c_verdict, c_what, _ = evaluate(table, with_replicates(spec, list(items)), settings, maps)
         controls[role] = {"what": c_what, "verdict": c_verdict,
                           "designed": DESIGNED[role], "passed": c_verdict == DESIGNED[role], **asdict(c_est)}
-    final = raw if raw == REPORTED or all(c["passed"] for c in controls.values()) else NO_POWER
-    return TestOutcome(str(spec["name"]), statistic_of(spec), what, threshold, est, raw, final, controls)
+    passed = all(c["passed"] for c in controls.values())
+    final = raw if raw in (REPORTED, NOT_TESTABLE) or passed else NO_POWER
+    return TestOutcome(str(spec["name"]), statistic_of(spec), what, threshold, est, raw, final, controls, missing)
 
 
 def run_tests(table: Table, specs: Iterable[Mapping[str, Any]], settings: VerdictSettings,
@@ -272,11 +281,11 @@ def run_tests(table: Table, specs: Iterable[Mapping[str, Any]], settings: Verdic
 
 
 def overall(outcomes: Sequence[TestOutcome]) -> str:
-    """The claim's verdict: SUPPORTED only if every test is; NOT SUPPORTED if any test with power says so;
-    NO POWER if no test has power; otherwise INCONCLUSIVE."""
-    verdicts = [o.verdict for o in outcomes if o.verdict != REPORTED]
+    """The claim's verdict over the tests this run could test: SUPPORTED only if every one is; NOT SUPPORTED if any
+    test with power says so; NO POWER if none has power; INCONCLUSIVE otherwise; NOT TESTABLE if no test could run."""
+    verdicts = [o.verdict for o in outcomes if o.verdict not in (REPORTED, NOT_TESTABLE)]
     if not verdicts:
-        return INCONCLUSIVE
+        return NOT_TESTABLE if any(o.verdict == NOT_TESTABLE for o in outcomes) else INCONCLUSIVE
     if all(v == SUPPORTED for v in verdicts):
         return SUPPORTED
     if NOT_SUPPORTED in verdicts:
