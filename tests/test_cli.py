@@ -170,3 +170,14 @@ def test_bare_value_and_type_errors_are_bugs_not_user_errors() -> None:
 
     with pytest.raises(SettingError):
         Denoise(sigma=-1)
+
+
+def test_a_run_dir_outside_the_output_root_is_refused_before_hydra_writes_there(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    proc = run_cli("model=dncnn_tiny", f"output_root={tmp_path / 'out'}", f"hydra.run.dir={elsewhere}", cwd=tmp_path)
+    assert proc.returncode == 2 and "outside output_root" in proc.stderr and len(proc.stderr.splitlines()) == 1
+    assert not elsewhere.exists(), "Hydra wrote its files before the refusal"
+    from cemap.cli import check_run_dirs
+
+    check_run_dirs([f"output_root={tmp_path}", f"hydra.run.dir={tmp_path / 'runs' / 'a'}"])  # inside: accepted
+    check_run_dirs(["hydra.run.dir=${output_root}/x"])  # interpolations are left to Hydra and the job

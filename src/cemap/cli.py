@@ -14,12 +14,12 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from cemap.checkpoint import CheckpointError
-from cemap.config import CONF_DIR, register_configs
+from cemap.config import CONF_DIR, RunConfig, register_configs
 from cemap.engine import DeviceError, ModelOutputError
 from cemap.grid import GeometryError
 from cemap.imageio import ImageError
 from cemap.patches import PatchBankError
-from cemap.results import DamagedResultError, OutsideOutputRootError, ResultLockedError, ResultWriteError
+from cemap.results import DamagedResultError, OutsideOutputRootError, ResultLockedError, ResultWriteError, ensure_inside
 from cemap.validation import SettingError
 from cemap.zoo import ZooError
 
@@ -62,6 +62,10 @@ def hydra_entry(task: Callable[[DictConfig], None], config_name: str, prog: str)
         sys.argv.remove("--debug")
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # let errors reach this handler instead of Hydra's long report
     register_configs()
+    try:
+        check_run_dirs(sys.argv[1:])
+    except OutsideOutputRootError as exc:
+        _fail(prog, exc, debug)
 
     def guarded(cfg: DictConfig) -> None:  # inside the job, so Hydra does not echo the failed job's overrides first
         try:
@@ -73,6 +77,22 @@ def hydra_entry(task: Callable[[DictConfig], None], config_name: str, prog: str)
         hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")(guarded)()
     except (*SETUP_ERRORS, *USER_ERRORS) as exc:
         _fail(prog, exc, debug)
+
+
+RUN_DIR_KEYS = ("hydra.run.dir", "hydra.sweep.dir")
+"""Where Hydra writes its own files (``.hydra/*.yaml``, the log) before any job code runs."""
+
+
+def check_run_dirs(argv: list[str]) -> None:
+    """Refuse a ``hydra.run.dir`` / ``hydra.sweep.dir`` given on the command line outside ``output_root`` before
+    Hydra creates it (inside the job it would be refused only after Hydra wrote there). ``output_root`` is read from
+    the same command line, else the config's default; values with interpolations are left to Hydra and the job."""
+    given = dict(a.split("=", 1) for a in argv if "=" in a and not a.startswith(("+", "~")))
+    dirs = [given[k] for k in RUN_DIR_KEYS if k in given and "${" not in given[k]]
+    root = given.get("output_root", RunConfig.output_root)
+    if dirs and "${" not in root and "," not in root:
+        for d in dirs:
+            ensure_inside(root, d)
 
 
 def _fail(prog: str, exc: BaseException, debug: bool) -> None:
