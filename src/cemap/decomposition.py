@@ -115,7 +115,8 @@ class PixelDecomposition:
 
     ``steps`` midpoint nodes on [0, 1] per path, doubled (up to ``max_steps``) for any block whose shares miss
     completeness by more than ``COMPLETENESS_TOL``. A model that passes the locality probe runs on the crop around
-    the ROI (``locality``, as in the engine); pixels outside it have no share.
+    the ROI (``locality``, as in the engine); pixels outside it have no share. Like the engine, it moves the model to
+    ``device`` and sets eval mode (no copy).
     """
 
     def __init__(self, model: ImageModel, task: Task, device: str | torch.device = "auto", steps: int = 32,
@@ -257,7 +258,8 @@ def first_order_map(
 ) -> CEMResult:
     """First-order preview of the whole CEM from one backward pass (see the module docstring).
 
-    With ``compare_to``, ``meta["rank_correlation"]`` is the Spearman correlation with that intervention map.
+    With ``compare_to``, ``meta["rank_correlation"]`` is the Spearman correlation with that intervention map. Like
+    the engine, it moves the model to ``device`` and sets eval mode (no copy).
     """
     dev = resolve_device(device)
     if isinstance(model, torch.nn.Module):

@@ -163,6 +163,10 @@ class CausalEffectMap:
     metric is computed there, and only one score per sample and ROI comes back. ``locality`` (default: ``auto``)
     skips blocks a verified-local model cannot see and crops the input (see ``cemap.locality``); ``precision``
     ``bf16``/``fp16`` (autocast) and ``compile`` (``torch.compile``) are off by default because they move effects.
+
+    The model itself is moved to ``device`` and set to eval mode (``channels_last`` also changes its memory format):
+    it is not copied, because a paper-size model would take twice the memory; pass a copy to keep yours as it was.
+    Input tensors are never modified.
     """
 
     def __init__(

@@ -78,7 +78,8 @@ class LAMResult:
 
 
 class LAM:
-    """LAM of an image-to-image model (captum-style: build once, ``attribute`` per input and window)."""
+    """LAM of an image-to-image model (captum-style: build once, ``attribute`` per input and window). Like the
+    engine, it moves the model to ``device`` and sets eval mode (no copy)."""
 
     def __init__(self, model: ImageModel, device: str | torch.device = "auto", sigma: float = 1.2, steps: int = 50,
                  kernel_size: int = 9, batch_size: int = 10) -> None:
