@@ -44,8 +44,9 @@ def map_grid(records: Sequence[MapRecord], subjects: Sequence[str]) -> bytes:
     control's 0.3 dB ones in another row; pale blocks are not significant.
     """
     images = sorted({r.image for r in records})
-    pick = {(r.subject, r.image): r for r in records if r.roi == 0}
-    fig, axes = plt.subplots(len(subjects), len(images), figsize=(2.1 * len(images) + 1.6, 2.0 * len(subjects)),
+    pick = {(r.subject, r.image): r for r in records if r.roi == 0 and not (r.result.status == STATUS_NOT_COMPUTED).all()}
+    subjects = [s for s in subjects if any((s, img) in pick for img in images)]  # PSNR-only subjects have no map
+    fig, axes = plt.subplots(max(len(subjects), 1), len(images), figsize=(2.1 * len(images) + 1.6, 2.0 * len(subjects)),
                              squeeze=False)
     for i, s in enumerate(subjects):
         row = [pick[(s, img)].result for img in images if (s, img) in pick]
@@ -56,7 +57,7 @@ def map_grid(records: Sequence[MapRecord], subjects: Sequence[str]) -> bytes:
             if i == 0:
                 ax.set_title(img, fontsize=8)
             rec = pick.get((s, img))
-            if rec is None or (rec.result.status == STATUS_NOT_COMPUTED).all():  # missing, or a PSNR-only run
+            if rec is None:
                 ax.axis("off")
                 continue
             mappable = draw_map(ax, rec.result, None, bound)
@@ -72,8 +73,15 @@ def map_grid(records: Sequence[MapRecord], subjects: Sequence[str]) -> bytes:
     return _png(fig)
 
 
+def with_maps(records: Sequence[MapRecord]) -> list[MapRecord]:
+    """The records that carry a map (not PSNR-only runs, whose blocks were not computed)."""
+    return [r for r in records if not (r.result.status == STATUS_NOT_COMPUTED).all()]
+
+
 def distance_curves(records: Sequence[MapRecord], subjects: Sequence[str]) -> bytes:
     """Mean |effect| per block against the Chebyshev distance (blocks) to the ROI, one line per subject."""
+    records = with_maps(records)
+    subjects = [s for s in subjects if any(r.subject == s for r in records)]
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for s in subjects:
         per_d: dict[int, list[float]] = defaultdict(list)
@@ -85,17 +93,21 @@ def distance_curves(records: Sequence[MapRecord], subjects: Sequence[str]) -> by
                 per_d[int(d)].append(mass / max(blocks, 1))
         if per_d:
             ds = sorted(per_d)
-            ax.plot(ds, [np.mean(per_d[d]) for d in ds], marker="o", label=s)
+            i = list(subjects).index(s)  # coinciding lines (local models are all 0 far out) stay told apart
+            ax.plot(ds, [np.mean(per_d[d]) for d in ds], marker="osD^vP*X<>"[i % 10], linestyle=("-", "--", ":", "-.")[i % 4],
+                    markersize=4, alpha=0.85, label=s)
     ax.set_yscale("symlog", linthresh=1e-3)
     ax.set_xlabel("Chebyshev distance to the ROI (blocks)")
     ax.set_ylabel("mean |significant effect| per block (dB)")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     ax.grid(alpha=0.3)
     return _png(fig)
 
 
 def sign_shares(records: Sequence[MapRecord], subjects: Sequence[str]) -> bytes:
     """Share of blocks outside the ROI that are significantly positive, negative, or not significant."""
+    records = with_maps(records)
+    subjects = [s for s in subjects if any(r.subject == s for r in records)]
     pos, neg, zero = [], [], []
     for s in subjects:
         counts = np.zeros(3)
@@ -117,26 +129,30 @@ def sign_shares(records: Sequence[MapRecord], subjects: Sequence[str]) -> bytes:
     ax.bar(x, zero, bottom=np.add(pos, neg), color="0.85", label="not significant")
     ax.set_xticks(x, subjects, rotation=35, ha="right", fontsize=8)
     ax.set_ylabel("share of blocks outside the ROI")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)  # outside: never over a bar
     return _png(fig)
 
 
 def radius_scatter(per_subject: dict[str, dict[str, Estimate]]) -> bytes:
-    """Effective radius against ROI PSNR (left) and against the theoretical receptive radius (right), per model."""
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.6))
-    for s, st in per_subject.items():
+    """Effective radius against ROI PSNR (left) and against the theoretical receptive radius (right), per model: one
+    colour and marker per model in both panels, named in one legend outside the axes (labels next to points
+    overlapped where models sit together)."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    colours, markers = plt.get_cmap("tab20").colors, "osD^vP*X<>"
+    for i, (s, st) in enumerate(per_subject.items()):
         r, p, t = (st[k].mean for k in ("effective_radius_px", "origin_psnr", "receptive_radius_px"))
-        a.scatter(p, r)
-        a.annotate(s, (p, r), fontsize=6)
+        style = {"color": colours[i % len(colours)], "marker": markers[i % len(markers)], "s": 36, "alpha": 0.85}
+        a.scatter(p, r, label=s, **style)
         if not math.isnan(t):
-            b.scatter(t, r)
-            b.annotate(s, (t, r), fontsize=6)
+            b.scatter(t, r, **style)
     a.set_xlabel("ROI PSNR (dB)")
     a.set_ylabel("effective radius (px)")
-    b.set_xlabel("theoretical receptive radius (output px; local models)")
+    b.set_xlabel("theoretical receptive radius (output px; local models only)")
     b.set_ylabel("effective radius (px)")
     for ax in (a, b):
         ax.grid(alpha=0.3)
+    fig.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, frameon=False)
+    fig.tight_layout()
     return _png(fig)
 
 
@@ -288,8 +304,8 @@ def outcome_view(a: Analysis, o: TestOutcome) -> dict[str, Any]:
     what = spec.get("description") or STATISTIC_GLOSSARY.get(o.statistic, o.statistic)
     e = o.estimate
     threshold = _threshold(spec, unit)
-    value = f"{fmt_interval(e, o.statistic)} over {e.n_clusters} crops" if e.n_clusters else "no maps"
-    sentence = (f"{_sentence_case(what.rstrip('.'))}: {value} ({o.what})" + (f"; {threshold}." if threshold else "."))
+    value = f"{fmt_interval(e, o.statistic)} over {e.n_clusters} crops ({o.what})" if e.n_clusters else "no maps"
+    sentence = (f"{_sentence_case(what.rstrip('.'))}: {value}" + (f"; {threshold}." if threshold else "."))
     notes = []
     if math.isfinite(e.replicate_spread):
         notes.append(f"between-seed (or between-model) SD {fmt_value(e.replicate_spread, unit)}")
