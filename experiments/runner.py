@@ -28,10 +28,10 @@ from omegaconf import OmegaConf
 
 from cemap.analysis import analyse as analyse_maps
 from cemap.analysis import load_sweep
-from cemap.report import fmt_interval, fmt_value, missing_reason, write_report
 from cemap.config import compose_config, training_overrides
-from cemap.train import FINAL, run_dir
+from cemap.report import fmt_interval, fmt_value, missing_reason, write_report
 from cemap.stats import STATISTIC_UNITS
+from cemap.train import FINAL, run_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
