@@ -170,7 +170,7 @@ def test_bench_profile_sets_the_geometry_and_skips_models_that_do_not_ship(tmp_p
     args = SimpleNamespace(experiment="dn_channel_attention", output_root=str(tmp_path), profile="bench", smoke=False,
                            images=None)
     overrides = runner.base_overrides(args)
-    assert "crop=128" in overrides and "cem.block_size=8" in overrides
+    assert "crop=128" in overrides and "cem.block_size=16" in overrides  # dn trades 8 px blocks for the budget
     assert any(o.startswith("experiment.subjects=[b_dn_dncnn,") for o in overrides)
     cfg = compose_config("run", [*overrides, "subject=ctl_dn_reach"], with_choices=True)
     assert cfg.crop == 128 and len(cfg.experiment.images) == 12 and runner.missing_input(cfg) is None
