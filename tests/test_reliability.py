@@ -436,3 +436,27 @@ def test_a_planted_pathway_control_on_a_bright_crop_is_not_mistaken_for_0_255() 
     result = CausalEffectMap(model, Denoise(sigma=0.0), device="cpu").attribute(image, ROI(0, 0, 8), 8, "fixed",
                                                                                patches=np.zeros((4, 8, 8, 3), np.uint8))
     assert np.isfinite(result.origin)
+
+
+def test_a_full_disk_leaves_no_half_written_run_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The summary is the last file a job writes; if it cannot be written, the maps and figures written before it are
+    removed too (the cache keeps the maps), so no run folder looks finished without its summary."""
+    cfg = compose_config("run", [*BASE, "image=embedded:coffee", "crop=16", f"output_root={tmp_path / 'out'}"],
+                         with_choices=True)
+    run_dir = tmp_path / "out" / "runs" / "job"
+    run_dir.mkdir(parents=True)
+    (run_dir / "run.log").write_text("hydra's log\n")
+    real = results.atomic_write_json
+
+    def full_for_the_summary(path, obj):  # type: ignore[no-untyped-def]
+        if Path(path).name == results.SUMMARY:
+            raise results.ResultWriteError(f"cannot write {path}: [Errno 28] No space left on device")
+        return real(path, obj)
+
+    monkeypatch.setattr(results, "atomic_write_json", full_for_the_summary)
+    with pytest.raises(results.ResultWriteError, match="No space left"):
+        compute(cfg, run_dir)
+    assert sorted(p.name for p in run_dir.iterdir()) == ["run.log"]
+    assert list((tmp_path / "out" / "cache").rglob(results.RESULT_ARRAYS)), "the map itself stays in the cache"
+    monkeypatch.setattr(results, "atomic_write_json", real)
+    assert compute(cfg, run_dir)["cached"] and (run_dir / results.SUMMARY).is_file()

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -45,7 +46,7 @@ from cemap.locality import LocalitySettings
 from cemap.metrics import psnr
 from cemap.models import build_model
 from cemap.patches import PatchBank
-from cemap.results import CEMResult
+from cemap.results import CEMResult, ResultWriteError
 from cemap.stats import distance_map, summarize
 from cemap.tasks.base import Degraded, Task
 from cemap.validation import SettingError
@@ -180,14 +181,32 @@ def compute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if maps is None:
         with results.exclusive(cache):
             maps = compute_maps(cfg, job, key, cache, folders)
-    per_roi = write_job_outputs(cfg, job, maps, folders, run_dir)
-    summary = _combine(per_roi)
-    summary.update(seconds=round(time.perf_counter() - started, 3), cached=cached, result_dir=str(run_dir.resolve()),
-                   forwards=maps[0].meta["forwards"])
-    results.atomic_write_json(run_dir / results.SUMMARY, summary)
+    try:  # the run folder is all or nothing: a failed write (a full disk) leaves no half-written job behind
+        per_roi = write_job_outputs(cfg, job, maps, folders, run_dir)
+        summary = _combine(per_roi)
+        summary.update(seconds=round(time.perf_counter() - started, 3), cached=cached,
+                       result_dir=str(run_dir.resolve()), forwards=maps[0].meta["forwards"])
+        results.atomic_write_json(run_dir / results.SUMMARY, summary)
+    except ResultWriteError:
+        remove_job_outputs(run_dir, folders)
+        raise
     if cfg.logger == "wandb":
         log_to_wandb(cfg, run_dir, maps, folders, per_roi, job.model_name, job.task.name)
     return summary
+
+
+def remove_job_outputs(run_dir: Path, folders: list[str]) -> None:
+    """Delete what this job wrote into its run folder (maps, figures, summary), keeping Hydra's own files
+    (``.hydra/``, the log); the maps stay in the cache, so a rerun only writes the folder again."""
+    for folder in folders:
+        d = run_dir / folder
+        if folder:
+            shutil.rmtree(d, ignore_errors=True)
+            continue
+        for f in d.iterdir() if d.is_dir() else []:
+            if f.is_file() and f.suffix != ".log":
+                f.unlink(missing_ok=True)
+    (run_dir / results.SUMMARY).unlink(missing_ok=True)
 
 
 def compute_maps(cfg: DictConfig, job: RunInputs, key: str, cache: Path, folders: list[str]) -> list[CEMResult]:
