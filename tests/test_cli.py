@@ -178,6 +178,10 @@ def test_a_run_dir_outside_the_output_root_is_refused_before_hydra_writes_there(
     assert proc.returncode == 2 and "outside output_root" in proc.stderr and len(proc.stderr.splitlines()) == 1
     assert not elsewhere.exists(), "Hydra wrote its files before the refusal"
     from cemap.cli import check_run_dirs
+    from cemap.results import OutsideOutputRootError
 
     check_run_dirs([f"output_root={tmp_path}", f"hydra.run.dir={tmp_path / 'runs' / 'a'}"])  # inside: accepted
-    check_run_dirs(["hydra.run.dir=${output_root}/x"])  # interpolations are left to Hydra and the job
+    check_run_dirs(["hydra.run.dir=${output_root}/runs/${now:%Y-%m-%d}"])  # filled in: inside
+    with pytest.raises(OutsideOutputRootError):
+        check_run_dirs([f"output_root={tmp_path}", "hydra.run.dir=${output_root}/../elsewhere/${now:%H}"])
+    check_run_dirs(["hydra.run.dir=${oc.env:HOME}/x"])  # an environment variable is left to the job's own check

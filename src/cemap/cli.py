@@ -5,6 +5,7 @@ status 2; anything else is a bug and keeps its traceback. ``--debug`` shows trac
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable
 
@@ -80,19 +81,24 @@ def hydra_entry(task: Callable[[DictConfig], None], config_name: str, prog: str)
 
 
 RUN_DIR_KEYS = ("hydra.run.dir", "hydra.sweep.dir")
+NAME_ONLY = re.compile(r"\$\{(now|hydra\.job\.\w+|hydra\.runtime\.choices\.\w+):?[^}]*\}")
+"""Interpolations that only make a folder name (a date, the job's name), never a path of their own."""
 """Where Hydra writes its own files (``.hydra/*.yaml``, the log) before any job code runs."""
 
 
 def check_run_dirs(argv: list[str]) -> None:
     """Refuse a ``hydra.run.dir`` / ``hydra.sweep.dir`` given on the command line outside ``output_root`` before
     Hydra creates it (inside the job it would be refused only after Hydra wrote there). ``output_root`` is read from
-    the same command line, else the config's default; values with interpolations are left to Hydra and the job."""
+    the same command line, else the config's default; ``${output_root}`` and name-only interpolations (a date, the
+    job's name) are filled in, values with any other interpolation are left to the job's own check."""
     given = dict(a.split("=", 1) for a in argv if "=" in a and not a.startswith(("+", "~")))
-    dirs = [given[k] for k in RUN_DIR_KEYS if k in given and "${" not in given[k]]
     root = given.get("output_root", RunConfig.output_root)
-    if dirs and "${" not in root and "," not in root:
-        for d in dirs:
-            ensure_inside(root, d)
+    if "${" in root or "," in root:
+        return
+    for key in RUN_DIR_KEYS:
+        value = NAME_ONLY.sub("name", given.get(key, "").replace("${output_root}", root))
+        if value and "${" not in value:  # other interpolations (an environment variable...) are left to the job
+            ensure_inside(root, value)
 
 
 def _fail(prog: str, exc: BaseException, debug: bool) -> None:
