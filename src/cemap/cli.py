@@ -81,9 +81,9 @@ def hydra_entry(task: Callable[[DictConfig], None], config_name: str, prog: str)
 
 
 RUN_DIR_KEYS = ("hydra.run.dir", "hydra.sweep.dir")
+"""Where Hydra writes its own files (``.hydra/*.yaml``, the log) before any job code runs."""
 NAME_ONLY = re.compile(r"\$\{(now|hydra\.job\.\w+|hydra\.runtime\.choices\.\w+):?[^}]*\}")
 """Interpolations that only make a folder name (a date, the job's name), never a path of their own."""
-"""Where Hydra writes its own files (``.hydra/*.yaml``, the log) before any job code runs."""
 
 
 def check_run_dirs(argv: list[str]) -> None:

@@ -30,7 +30,6 @@ from cemap.validation import SettingError
 log = logging.getLogger(__name__)
 
 
-
 class ModelOutputError(RuntimeError):
     """The model returned something a causal effect map cannot be computed from."""
 

@@ -10,8 +10,8 @@ import math
 import re
 from collections import defaultdict
 from collections.abc import Sequence
-from pathlib import Path
 from importlib.resources import files
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -43,9 +43,9 @@ def map_grid(records: Sequence[MapRecord], subjects: Sequence[str]) -> bytes:
     panels; the ROI's own blocks saturate), so that a global denoiser's 0.01 dB far effects are not washed out by a
     control's 0.3 dB ones in another row; pale blocks are not significant.
     """
+    records, subjects = with_maps(records, subjects)
     images = sorted({r.image for r in records})
-    pick = {(r.subject, r.image): r for r in records if r.roi == 0 and not (r.result.status == STATUS_NOT_COMPUTED).all()}
-    subjects = [s for s in subjects if any((s, img) in pick for img in images)]  # PSNR-only subjects have no map
+    pick = {(r.subject, r.image): r for r in records if r.roi == 0}
     fig, axes = plt.subplots(max(len(subjects), 1), len(images), figsize=(2.1 * len(images) + 1.6, 2.0 * len(subjects)),
                              squeeze=False)
     for i, s in enumerate(subjects):
@@ -73,15 +73,15 @@ def map_grid(records: Sequence[MapRecord], subjects: Sequence[str]) -> bytes:
     return _png(fig)
 
 
-def with_maps(records: Sequence[MapRecord]) -> list[MapRecord]:
-    """The records that carry a map (not PSNR-only runs, whose blocks were not computed)."""
-    return [r for r in records if not (r.result.status == STATUS_NOT_COMPUTED).all()]
+def with_maps(records: Sequence[MapRecord], subjects: Sequence[str]) -> tuple[list[MapRecord], list[str]]:
+    """The records that carry a map and the subjects that have one (PSNR-only runs have none to draw)."""
+    kept = [r for r in records if not r.result.psnr_only]
+    return kept, [s for s in subjects if any(r.subject == s for r in kept)]
 
 
 def distance_curves(records: Sequence[MapRecord], subjects: Sequence[str]) -> bytes:
     """Mean |effect| per block against the Chebyshev distance (blocks) to the ROI, one line per subject."""
-    records = with_maps(records)
-    subjects = [s for s in subjects if any(r.subject == s for r in records)]
+    records, subjects = with_maps(records, subjects)
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for s in subjects:
         per_d: dict[int, list[float]] = defaultdict(list)
@@ -106,8 +106,7 @@ def distance_curves(records: Sequence[MapRecord], subjects: Sequence[str]) -> by
 
 def sign_shares(records: Sequence[MapRecord], subjects: Sequence[str]) -> bytes:
     """Share of blocks outside the ROI that are significantly positive, negative, or not significant."""
-    records = with_maps(records)
-    subjects = [s for s in subjects if any(r.subject == s for r in records)]
+    records, subjects = with_maps(records, subjects)
     pos, neg, zero = [], [], []
     for s in subjects:
         counts = np.zeros(3)

@@ -146,6 +146,11 @@ class CEMResult:
         return tuple(self.effects.shape)  # type: ignore[return-value]
 
     @property
+    def psnr_only(self) -> bool:
+        """A PSNR-only run (``cem.psnr_only``): the unmodified input's scores, no block computed, so no map."""
+        return bool((self.status == STATUS_NOT_COMPUTED).all())
+
+    @property
     def total_forwards(self) -> int:
         """Forward passes, the unmodified input's included."""
         return int(self.forwards.sum()) + 1

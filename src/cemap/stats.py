@@ -197,7 +197,7 @@ def map_statistics(result: CEMResult, local_radius_px: int, radius_mass: float =
     theoretical = info.get("receptive_radius")
     psnrs = {"origin_psnr": result.origin, "image_psnr": float(result.meta.get("image_psnr", float("nan"))),
              "receptive_radius_px": float("nan") if theoretical is None else float(theoretical * info.get("scale", 1))}
-    if (result.status == STATUS_NOT_COMPUTED).all():  # a PSNR-only run (cem.psnr_only): no map statistics
+    if result.psnr_only:  # no map statistics
         return {**psnrs, **{s.value: float("nan") for s in Statistic if s.value not in psnrs
                             and s.value not in PAIR_STATISTICS}}
     outside = ~result.roi_mask & (result.status != STATUS_NOT_COMPUTED)
