@@ -49,6 +49,29 @@ def test_several_rois_with_locality_equal_separate_runs(small_image, small_bank)
         assert np.array_equal(joint.status, alone.status)
 
 
+def test_far_apart_rois_of_a_local_model_run_apart_and_give_the_full_image_maps(small_image, small_bank,
+                                                                                  tmp_path) -> None:
+    model, task, rois = conv_stack(2, claims_radius=2), Denoise(sigma=25.0), [ROI(0, 0, 8), ROI(48, 32, 8)]
+    cem = CausalEffectMap(model, task, device="cpu", batch_size=8)
+    apart = cem.attribute(small_image, rois, 8, Fixed(n_samples=2), patches=small_bank,
+                          state_path=tmp_path / "cem.partial.npz", checkpoint_every_s=0.0)
+    full = CausalEffectMap(model, task, device="cpu", batch_size=8, locality=OFF).attribute(
+        small_image, rois, 8, Fixed(n_samples=2), patches=small_bank)
+    for one, reference in zip(apart, full):
+        assert one.meta["rois_sharing_forwards"] == 1 and one.meta["locality"]["cropped"]
+        assert np.max(np.abs(one.effects - reference.effects)) <= 1e-6
+        assert (one.status == STATUS_STRUCTURAL_ZERO).any()
+    assert [a.meta["roi"] for a in apart] == [{"x": 0, "y": 0, "size": 8}, {"x": 48, "y": 32, "size": 8}]
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["cem.part0.partial.npz", "cem.part1.partial.npz"]
+
+
+def test_neighbouring_rois_of_a_local_model_share_their_forwards(small_image, small_bank) -> None:
+    model, task, rois = conv_stack(2, claims_radius=2), Denoise(sigma=25.0), [ROI(16, 16, 8), ROI(24, 16, 8)]
+    together = CausalEffectMap(model, task, device="cpu", batch_size=8).attribute(
+        small_image, rois, 8, Fixed(n_samples=2), patches=small_bank)
+    assert [one.meta["rois_sharing_forwards"] for one in together] == [2, 2]
+
+
 def test_global_pooling_is_refused_even_when_metadata_claims_locality(small_image, small_bank) -> None:
     liar = conv_stack(3, global_branch=True, claims_radius=3)
     fast, full = maps(liar, Denoise(sigma=25.0), small_image, small_bank, ROI(0, 0, 8))

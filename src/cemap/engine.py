@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -19,7 +20,7 @@ from tqdm.auto import tqdm
 from cemap import results
 from cemap.estimators import Estimator, make_estimator
 from cemap.grid import ROI, Block, BlockGrid, GeometryError
-from cemap.locality import LocalityPlan, LocalitySettings, plan_for_model
+from cemap.locality import LocalityPlan, LocalitySettings, Window, plan_for_model, roi_reach
 from cemap.metrics import ROIMetric, roi_metric
 from cemap.patches import PatchBank
 from cemap.provenance import ImageModel, git_commit, model_fingerprint, sha256_tensor, versions
@@ -142,6 +143,9 @@ while the device computes, instead of waiting for every batch."""
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 AUTO_BATCH_CAP = 256
+APART_SHARE = 0.8
+"""A local model's ROIs run apart when their own crops cost less than this share of the shared crop: each part
+re-probes the model and scores its own origin, so a small saving is not worth it."""
 """Largest batch the automatic choice picks: beyond it GPUs gain little and a back-off costs more."""
 OUTPUT_MEDIAN_RANGE = (-2.0, 3.0)
 """Where the median of a model's output on the unmodified input must lie for it to be in [0, 1] units. Wide enough
@@ -345,22 +349,38 @@ class CausalEffectMap:
         restricts the work to those flat block indices (the others are marked not computed), e.g. one shard of a map
         split over several jobs.
         """
-        started, forwards_before = time.perf_counter(), self.forwards
         job = MapJob.prepare(clean, roi, block_size, estimator, seed, patches, blocks, self.task.block_multiple)
         if degraded is None:
             degraded = self.task.degrade(job.clean, np.random.RandomState(seed))
         fingerprint = model_fingerprint(self.model)
+        out: list[CEMResult] = []
         with tf32_mode(self.tf32):
-            run = _StageRunner(self, job, degraded.to(self.device, torch.float32), fingerprint, state_path,
-                               checkpoint_every_s)
-            run.run()
-        common = self._provenance(job, run, fingerprint, blocks is not None)
-        common.update(forwards=self.forwards - forwards_before, seconds=round(time.perf_counter() - started, 3))
-        out = [run.result(r, common, keep_samples, meta) for r in range(len(job.rois))]
+            for run in self._runners(job, degraded.to(self.device, torch.float32), fingerprint, state_path,
+                                     checkpoint_every_s):
+                run.run()
+                common = self._provenance(run, fingerprint, blocks is not None)
+                common.update(forwards=self.forwards - run.forwards_before,
+                              seconds=round(time.perf_counter() - run.started, 3))
+                out += [run.result(r, common, keep_samples, meta) for r in range(len(run.job.rois))]
         return out[0] if job.single else out
 
-    def _provenance(self, job: MapJob, run: _StageRunner, fingerprint: str, sharded: bool) -> dict[str, Any]:
-        """The metadata every ROI's result shares: model, task, settings, locality report, versions, commit."""
+    def _runners(self, job: MapJob, degraded: Degraded, fingerprint: str, state_path: str | Path | None,
+                 checkpoint_every_s: float) -> Iterator[_StageRunner]:
+        """One runner for all ROIs (every forward scores them all), or, for a local model whose ROIs lie far apart,
+        one per ROI on its own smaller crop when that costs less. The maps are the same either way: a block's draws
+        depend on the block, stage and seed only, and the locality probe checks each crop bit for bit."""
+        shared = _StageRunner(self, job, degraded, fingerprint, state_path, checkpoint_every_s)
+        if not shared.cheaper_apart():
+            yield shared
+            return
+        log.info("the %d ROIs run apart on their own crops (cheaper than one shared crop)", len(job.rois))
+        for r in range(len(job.rois)):
+            part_path = results.partial_part_path(state_path, r) if state_path else None
+            yield _StageRunner(self, job.one_roi(r), degraded, fingerprint, part_path, checkpoint_every_s)
+
+    def _provenance(self, run: _StageRunner, fingerprint: str, sharded: bool) -> dict[str, Any]:
+        """The metadata the ROIs of one run share: model, task, settings, locality report, versions, commit."""
+        job = run.job
         return {
             "model": self.model_name,
             "model_fingerprint": fingerprint,
@@ -454,6 +474,10 @@ class MapJob:
         est = make_estimator(estimator) if isinstance(estimator, str) else estimator
         return cls(clean_t, rois, single, grid, roi_masks, est, selected_blocks(len(grid), blocks), bank, seed)
 
+    def one_roi(self, r: int) -> MapJob:
+        """This job for ROI ``r`` alone."""
+        return dataclasses.replace(self, rois=[self.rois[r]], roi_masks=[self.roi_masks[r]], single=False)
+
 
 def selected_blocks(n_blocks: int, blocks: Sequence[int] | None) -> np.ndarray:
     """Mask of the flat block indices to compute (all when ``blocks`` is None)."""
@@ -475,6 +499,7 @@ class _StageRunner:
 
     def __init__(self, engine: CausalEffectMap, job: MapJob, degraded: Degraded, fingerprint: str,
                  state_path: str | Path | None, checkpoint_every_s: float) -> None:
+        self.started, self.forwards_before = time.perf_counter(), engine.forwards
         self.engine, self.job, self.degraded = engine, job, degraded
         self.clean = job.clean.to(engine.device)
         self.plan = engine._plan_locality(degraded, self.clean, job.rois, job.grid, job.bank, job.seed)
@@ -509,6 +534,21 @@ class _StageRunner:
 
     def differences(self, r: int, upto: int) -> list[np.ndarray]:
         return [self.orient * (self.origin[r] - st[r]) for st in self.stages[:upto]]
+
+    def cheaper_apart(self) -> bool:
+        """Whether running each ROI on its own crop would cost less than APART_SHARE of this shared run: the model
+        was screened as local, and its reach around ROIs far apart is much smaller than their union's (forward cost
+        taken as proportional to the crop's area)."""
+        report = self.plan.report
+        if len(self.job.rois) < 2 or not report.get("screened"):
+            return False
+        height, width = self.degraded.image.shape[-2:]
+        window = self.plan.window or Window(0, height, 0, width)
+        sampled = self.reachable & self.job.selected
+        shared = int(sampled.any(axis=0).sum()) * window.area
+        apart = sum(int(sampled[r].sum()) * roi_reach(roi, report["radius"], self.engine.task.scale, height, width).area
+                    for r, roi in enumerate(self.job.rois))
+        return apart < APART_SHARE * shared
 
     def checkpoint(self, force: bool = False) -> None:
         if self.state_path and (force or time.monotonic() - self.last_save >= self.checkpoint_every_s):

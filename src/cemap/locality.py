@@ -80,6 +80,10 @@ class Window:
     def union(self, other: Window) -> Window:
         return Window(min(self.y0, other.y0), max(self.y1, other.y1), min(self.x0, other.x0), max(self.x1, other.x1))
 
+    @property
+    def area(self) -> int:
+        return (self.y1 - self.y0) * (self.x1 - self.x0)
+
     def as_list(self) -> list[int]:
         return [self.y0, self.y1, self.x0, self.x1]
 

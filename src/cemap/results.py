@@ -228,6 +228,19 @@ def partial_path(directory: str | Path) -> Path:
     return Path(directory) / ("cem" + PARTIAL_SUFFIX)
 
 
+def partial_part_path(path: str | Path, part: int) -> Path:
+    """The partial state of one part of a map whose ROIs run apart (each part resumes on its own)."""
+    p = Path(path)
+    stem = p.name[: -len(PARTIAL_SUFFIX)] if p.name.endswith(PARTIAL_SUFFIX) else p.stem
+    return p.with_name(f"{stem}.part{part}{PARTIAL_SUFFIX}")
+
+
+def remove_partials(directory: str | Path) -> None:
+    """Drop a finished map's partial state: the whole map's and its parts'."""
+    for f in Path(directory).glob("cem*" + PARTIAL_SUFFIX):
+        f.unlink(missing_ok=True)
+
+
 class ResultLockedError(RuntimeError):
     """Another job holds the lock of this result folder."""
 

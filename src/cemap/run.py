@@ -185,7 +185,7 @@ def compute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         per_roi = write_job_outputs(cfg, job, maps, folders, run_dir)
         summary = _combine(per_roi)
         summary.update(seconds=round(time.perf_counter() - started, 3), cached=cached,
-                       result_dir=str(run_dir.resolve()), forwards=maps[0].meta["forwards"])
+                       result_dir=str(run_dir.resolve()), forwards=job_forwards(maps))
         results.atomic_write_json(run_dir / results.SUMMARY, summary)
     except ResultWriteError:
         remove_job_outputs(run_dir, folders)
@@ -207,6 +207,11 @@ def remove_job_outputs(run_dir: Path, folders: list[str]) -> None:
             if f.is_file() and f.suffix != ".log":
                 f.unlink(missing_ok=True)
     (run_dir / results.SUMMARY).unlink(missing_ok=True)
+
+
+def job_forwards(maps: list[CEMResult]) -> int:
+    """Forwards of the whole job: ROIs that shared a run carry its count once, ROIs run apart each their own."""
+    return sum({m.meta.get("state_key"): int(m.meta.get("forwards", 0)) for m in maps}.values())
 
 
 def compute_maps(cfg: DictConfig, job: RunInputs, key: str, cache: Path, folders: list[str]) -> list[CEMResult]:
@@ -238,7 +243,7 @@ def compute_maps(cfg: DictConfig, job: RunInputs, key: str, cache: Path, folders
     maps = out if isinstance(out, list) else [out]
     for folder, result in zip(folders, maps):
         result.save(cache / folder)
-    results.partial_path(cache).unlink(missing_ok=True)
+    results.remove_partials(cache)
     return maps
 
 
