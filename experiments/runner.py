@@ -50,6 +50,8 @@ SUBJECT_PREFIX = {"tiny": "", "bench": "b_", "paper": "p_"}
 tests serves every profile; controls (ctl_*) are the same everywhere."""
 SWEEP_KEYS = {"images": "experiment.images", "crop": "crop", "rois": "rois", "estimator": "cem.estimator",
               "n_samples": "cem.n_samples", "block_size": "cem.block_size"}
+OPTIONAL_SWEEP_KEYS = {"channels_last": "cem.channels_last", "batch_size": "cem.batch_size"}
+"""Set by a profile only where it needs them (the bench profile's CPU layout: channels-last, batches of 8)."""
 
 
 def base_overrides(args: argparse.Namespace, subjects: list[str] | None = None) -> list[str]:
@@ -90,7 +92,9 @@ def profile_overrides(sweep_node, images: list[str] | None = None) -> list[str]:
     if not node["subjects"] or unset:
         raise SystemExit(f"this experiment does not define that profile (no subjects, or no {', '.join(unset)}; "
                          "the paper profile takes its images from --images)")
-    return [f"{target}={json.dumps(node[key])}" for key, target in SWEEP_KEYS.items()]
+    optional = [f"{target}={json.dumps(node[key])}" for key, target in OPTIONAL_SWEEP_KEYS.items()
+                if node.get(key) is not None]
+    return [f"{target}={json.dumps(node[key])}" for key, target in SWEEP_KEYS.items()] + optional
 
 
 def images_in(folder: Path) -> list[str]:
@@ -134,6 +138,33 @@ def available(args: argparse.Namespace, subjects: list[str]) -> tuple[list[str],
             continue
         keep.append(subject)
     return keep, skipped
+
+
+def idle_subjects(cfg, profile: str, subjects: list[str],  # type: ignore[no-untyped-def]
+                  skipped: dict[str, str]) -> dict[str, str]:
+    """Subjects no test can use here, with the reason: every test that names their role pairs it with a role that
+    has no model in this profile (an untrained seed), so their maps would cost time and decide nothing. Subjects that
+    no test names (descriptive ones, e.g. the local reference CNN) and controls are always kept."""
+    node = OmegaConf.to_container(cfg.experiment, resolve=True)
+    assert isinstance(node, dict)
+    sweep_node = node.get(profile) or {} if profile != "tiny" else {}
+    roles = sweep_node.get("roles") or {}
+    missing = {*(sweep_node.get("unavailable") or {}), *(canonical(s, profile, roles) for s in skipped)}
+    named, useful, partners = set(), set(), {}
+    for test in [*node["expected"].get("tests", []), *node["expected"].get("contrasts", [])]:
+        useful.update(test.get("subjects") or [])
+        for a, b in test.get("pairs") or []:
+            named.update((a, b))
+            partners.setdefault(a, []).append(b)
+            partners.setdefault(b, []).append(a)
+            useful.update(role for role, other in ((a, b), (b, a)) if other not in missing)
+    idle = {}
+    for subject in subjects:
+        role = canonical(subject, profile, roles)
+        if role in named and role not in useful:
+            idle[subject] = (f"not mapped: every test that uses it pairs it with {', '.join(partners[role])}, which "
+                             "has no model here")
+    return idle
 
 
 def check_inputs(args: argparse.Namespace, subjects: list[str]) -> None:
@@ -276,6 +307,10 @@ def main() -> None:
     started = time.perf_counter()
     cfg = experiment_config(args)
     subjects, skipped = available(args, list(cfg.experiment.subjects))
+    idle = idle_subjects(cfg, args.profile, subjects, skipped)
+    for subject, reason in idle.items():
+        print(f"  {subject}: {reason}", flush=True)
+    subjects, skipped = [s for s in subjects if s not in idle], {**skipped, **idle}
     if args.stage in ("all", "maps"):
         check_inputs(args, subjects)
     if args.stage in ("all", "train"):

@@ -183,6 +183,27 @@ def test_bench_profile_sets_the_geometry_and_skips_models_that_do_not_ship(tmp_p
         runner.base_overrides(SimpleNamespace(**{**vars(args), "experiment": "ab_samples"}))
 
 
+def test_subjects_whose_every_pair_partner_is_missing_are_not_mapped(tmp_path: Path) -> None:
+    runner = load_runner()
+    args = SimpleNamespace(experiment="dn_channel_attention", output_root=str(tmp_path), profile="bench", smoke=False,
+                           images=None)
+    cfg = compose_config("run", runner.base_overrides(args), with_choices=True)
+    subjects = list(cfg.experiment.subjects)
+    assert runner.idle_subjects(cfg, "bench", subjects, {}) == {}
+    skipped = {"b_dn_rcan_ca_s1": "not shipped", "b_dn_dncnn": "not shipped"}
+    idle = runner.idle_subjects(cfg, "bench", [s for s in subjects if s not in skipped], skipped)
+    assert list(idle) == ["b_dn_rcan_no_ca_s1"] and "dn_rcan_ca_s1" in idle["b_dn_rcan_no_ca_s1"]
+
+
+def test_bench_profile_maps_with_channels_last_convolutions(tmp_path: Path) -> None:
+    runner = load_runner()
+    args = SimpleNamespace(experiment="dn_channel_attention", output_root=str(tmp_path), profile="bench", smoke=False,
+                           images=None)
+    assert {"cem.channels_last=true", "cem.batch_size=8"} <= set(runner.base_overrides(args))
+    assert not any(o.startswith("cem.channels_last") for o in runner.base_overrides(
+        SimpleNamespace(**{**vars(args), "profile": "tiny"})))
+
+
 def test_paper_profile_lists_every_missing_checkpoint_before_any_job(tmp_path: Path) -> None:
     images = tmp_path / "images"
     images.mkdir()

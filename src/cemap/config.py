@@ -163,6 +163,8 @@ class ProfileSweep:
     estimator: Optional[str] = None
     n_samples: Optional[int] = None
     block_size: Optional[int] = None
+    channels_last: Optional[bool] = None  # cem.channels_last for this profile (null: the run config's)
+    batch_size: Optional[int] = None  # cem.batch_size for this profile (null: the run config's)
     local_radius_px: Optional[int] = None  # where "far" starts at this profile (the receptive radius of its local CNN)
     roles: dict[str, str] = field(default_factory=dict)
     """Role (the tiny subject's name, which the tests use) -> this profile's subject, where the profile's prefix
