@@ -61,6 +61,10 @@ def test_typo_fails_at_compose() -> None:
             compose("run", overrides=["cem.blok_size=8"])
         with pytest.raises(Exception, match="n_samples"):
             compose("run", overrides=["cem.n_samples=many"])
+        with pytest.raises(Exception, match="famly"):  # subjects are typed too: a misspelt key or group fails
+            compose("run", overrides=["experiment=dn_channel_attention", "subject=dn_dncnn", "subject.famly=cnn"])
+        with pytest.raises(Exception, match="glob"):
+            compose("run", overrides=["experiment=dn_channel_attention", "subject=dn_dncnn", "subject.group=glob"])
 
 
 def test_run_writes_results_and_reuses_them(inputs: dict[str, str], tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from cemap.checkpoint import load_checkpoint
 from cemap.config import register_configs
-from cemap.models import AUTHOR_LAYOUTS, MODELS, model_class, model_info
+from cemap.models import AUTHOR_LAYOUTS, CONTROL_FAMILIES, MODELS, model_class, model_info
 from cemap.models.rcan import RCAN, ChannelAttention
 from cemap.models import build_model
 from tests.conftest import REPO
@@ -38,7 +38,7 @@ def _family(preset: str) -> str | None:
     return None if target is None or preset == "auto" else target.rsplit(".", 1)[-1]
 
 
-CONTROLS = {"ControlRestorer"}
+CONTROLS = {MODELS[f].split(":")[1] for f in CONTROL_FAMILIES}
 """Control models (cemap.models.controls): untrained and small by construction, no paper or tiny size."""
 
 
@@ -47,6 +47,20 @@ def test_every_family_has_paper_and_tiny_presets() -> None:
     tiny_families = {_family(p) for p in TINY} - {None}
     registered = {v.split(":")[1] for v in MODELS.values()}
     assert families == registered == tiny_families | CONTROLS
+
+
+def test_every_registered_family_is_in_the_tiny_training_table() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tiny_training", REPO / "experiments" / "tiny_training.py")
+    assert spec and spec.loader
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    runs = table.family_runs()
+    assert {model.removesuffix("_tiny") for model, _, _ in runs} == set(MODELS) - CONTROL_FAMILIES
+    assert ("edsr_tiny", "sr_x4", "tiny_edsr") in runs and ("restormer_tiny", "denoise", "tiny_restormer") in runs
+    schedules = {p.stem for p in (REPO / "conf" / "train").glob("tiny_*.yaml")}
+    assert {schedule for _, _, schedule in runs + table.EXTRA_RUNS} <= schedules
 
 
 VARIANTS = [p for p in PRESETS if (_family(p) is None or _family(p) in CONTROLS) and p != "auto"]

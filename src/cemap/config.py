@@ -7,6 +7,7 @@ Model and task nodes come from the ``conf/model`` and ``conf/task`` groups and a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
 
@@ -173,6 +174,21 @@ class ProfileSweep:
     """Role -> why this profile has no model for it (shown next to every test that names it)."""
 
 
+SubjectGroup = Enum("SubjectGroup", {g: g for g in ("local", "window", "global", "control")}, type=str)  # type: ignore[misc]
+"""How the figures group a subject: a finite receptive field, windowed attention, image-wide mechanisms, a control."""
+
+
+@dataclass
+class SubjectConfig:
+    """One model of an experiment sweep (``conf/subject/*.yaml``). ``name``: the role the tests use (with the
+    profile's prefix, ``b_`` / ``p_``); ``group``: how the figures group it; ``requires``: a file it needs (the runner
+    skips it, with the reason, where the file is absent)."""
+
+    name: str = MISSING
+    group: SubjectGroup = MISSING  # type: ignore[valid-type]
+    requires: Optional[str] = None
+
+
 @dataclass
 class ExperimentConfig:
     name: str = MISSING
@@ -207,7 +223,7 @@ class RunConfig:
     figure_bound: Optional[float] = None
     logger: str = "none"
     wandb: WandbRunConfig = field(default_factory=WandbRunConfig)
-    subject: Any = None
+    subject: Optional[SubjectConfig] = None
     experiment: Optional[ExperimentConfig] = None
     profile: str = "tiny"
 

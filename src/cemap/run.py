@@ -209,6 +209,12 @@ def remove_job_outputs(run_dir: Path, folders: list[str]) -> None:
     (run_dir / results.SUMMARY).unlink(missing_ok=True)
 
 
+def subject_meta(cfg: DictConfig) -> dict[str, Any] | None:
+    """The subject's node as plain JSON values (its group as a string)."""
+    node = OmegaConf.to_container(cfg.subject, resolve=True, enum_to_str=True) if cfg.subject else None
+    return node if isinstance(node, dict) else None
+
+
 def job_forwards(maps: list[CEMResult]) -> int:
     """Forwards of the whole job: ROIs that shared a run carry its count once, ROIs run apart each their own."""
     return sum({m.meta.get("state_key"): int(m.meta.get("forwards", 0)) for m in maps}.values())
@@ -235,9 +241,9 @@ def compute_maps(cfg: DictConfig, job: RunInputs, key: str, cache: Path, folders
             "shard": cfg.cem.shard,
             "model_info": {"scale": declared.scale, "receptive_radius": declared.receptive_radius}
             if declared is not None else None,
-            "subject": OmegaConf.to_container(cfg.subject, resolve=True) if cfg.subject else None,
+            "subject": subject_meta(cfg),
             "experiment": cfg.experiment.name if cfg.experiment else None,
-            "config": OmegaConf.to_container(cfg, resolve=True),
+            "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
         },
     )
     maps = out if isinstance(out, list) else [out]
@@ -258,7 +264,7 @@ def write_job_outputs(cfg: DictConfig, job: RunInputs, maps: list[CEMResult], fo
     per_roi = []
     for folder, result, roi in zip(folders, maps, job.rois):
         # a cached map may have been computed for another subject with identical settings: label it as this job's
-        result.meta["subject"] = OmegaConf.to_container(cfg.subject, resolve=True) if cfg.subject else None
+        result.meta["subject"] = subject_meta(cfg)
         result.meta["experiment"] = cfg.experiment.name if cfg.experiment else None
         result.meta["image_psnr"] = whole
         result.save(run_dir / folder)

@@ -28,6 +28,8 @@ MODELS: dict[str, str] = {
     "hat": "cemap.models.hat:HAT",
     "control": "cemap.models.controls:ControlRestorer",
 }
+CONTROL_FAMILIES = frozenset({"control"})
+"""Families of planted-pathway controls: untrained and small by construction, so no paper or tiny preset."""
 
 AUTHOR_LAYOUTS: dict[str, tuple[str, dict[str, object]]] = {
     "dn_DnCNN": ("dncnn", {}),
@@ -97,4 +99,4 @@ def build_model(model_cfg: DictConfig) -> tuple[nn.Module, str]:
     return hydra.utils.instantiate(node), name
 
 
-__all__ = ["MODELS", "DnCNN", "ModelInfo", "build_model", "create_model", "model_class", "model_info"]
+__all__ = ["CONTROL_FAMILIES", "MODELS", "DnCNN", "ModelInfo", "build_model", "create_model", "model_class", "model_info"]
