@@ -8,9 +8,9 @@ import torch
 
 from cemap import ROI, CausalEffectMap, Fixed
 from cemap.decomposition import (
+    FirstOrderMap,
     PixelDecomposition,
     PixelShares,
-    first_order_map,
     spearman,
 )
 from cemap.grid import BlockGrid
@@ -27,8 +27,8 @@ def linear_model() -> torch.nn.Module:
 
 def test_first_order_map_is_exact_for_a_linear_model_and_metric(small_image, small_bank) -> None:
     model, task, roi = linear_model(), Denoise(sigma=25.0), ROI(24, 16, 8)
-    preview = first_order_map(model, task, small_image, roi, 8, n_interventions=4, patches=small_bank,
-                              metric=MeanROI(), device="cpu")
+    preview = FirstOrderMap(model, task, metric=MeanROI(), device="cpu").attribute(
+        small_image, roi, 8, n_interventions=4, patches=small_bank)
     exact = CausalEffectMap(model, task, metric=MeanROI(), device="cpu").attribute(
         small_image, roi, 8, Fixed(n_samples=4), patches=small_bank)
     np.testing.assert_allclose(preview.effects, exact.effects, atol=2e-6)
@@ -50,7 +50,8 @@ def test_first_order_map_is_exact_for_a_linear_model_and_metric(small_image, sma
 def test_first_order_reports_rank_correlation(small_image, small_bank) -> None:
     model, task, roi = conv_stack(3), Denoise(sigma=25.0), ROI(24, 16, 8)
     cem = CausalEffectMap(model, task, device="cpu").attribute(small_image, roi, 8, Fixed(n_samples=4), patches=small_bank)
-    preview = first_order_map(model, task, small_image, roi, 8, 4, patches=small_bank, device="cpu", compare_to=cem)
+    preview = FirstOrderMap(model, task, device="cpu").attribute(small_image, roi, 8, 4, patches=small_bank,
+                                                                 compare_to=cem)
     rho = preview.meta["rank_correlation"]
     assert rho == spearman(preview.effects.ravel(), cem.effects.ravel()) and rho > 0.3
     assert np.isnan(spearman(np.ones(5), np.arange(5.0)))
@@ -98,7 +99,7 @@ def test_diffusion_index_extremes() -> None:
 def test_lam_is_local_for_a_local_model_and_complete(small_image, tmp_path) -> None:
     model = conv_stack(3)
     window = ROI(24, 16, 8)
-    lam = LAM(model, device="cpu", steps=50).attribute(small_image, window)
+    lam = LAM(model, Denoise(sigma=25.0), device="cpu", steps=50).attribute(small_image, window)
     assert lam.map.shape == (40, 56) and lam.map.max() == pytest.approx(1.0)
     reach = np.zeros_like(lam.map, dtype=bool)
     reach[16 - 4 : 24 + 4, 24 - 4 : 32 + 4] = True  # 3 layers + 1 px of forward differences + blur-free attribution
@@ -116,7 +117,7 @@ def test_cem_and_lam_side_by_side(small_image, small_bank, tmp_path) -> None:
     model, roi = conv_stack(2), ROI(24, 16, 8)
     cem = CausalEffectMap(model, Denoise(sigma=25.0), device="cpu").attribute(
         small_image, roi, 8, Fixed(n_samples=1), patches=small_bank)
-    lam = LAM(model, device="cpu", steps=5).attribute(small_image, roi)
+    lam = LAM(model, Denoise(sigma=25.0), device="cpu", steps=5).attribute(small_image, roi)
     path = save_cem_lam_figure(cem, lam.map, lam.diffusion_index, tmp_path / "side.png", small_image, "test")
     assert path.stat().st_size > 1000
 

@@ -242,53 +242,49 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(spearmanr(a[ok], b[ok]).statistic)
 
 
-def first_order_map(
-    model: ImageModel,
-    task: Task,
-    clean: torch.Tensor | np.ndarray,
-    roi: ROI | tuple[int, int, int],
-    block_size: int = 8,
-    n_interventions: int = 8,
-    seed: int = 0,
-    patches: PatchBank | np.ndarray | None = None,
-    metric: ROIMetric | None = None,
-    device: str | torch.device = "auto",
-    compare_to: CEMResult | None = None,
-    degraded: Degraded | None = None,
-) -> CEMResult:
-    """First-order preview of the whole CEM from one backward pass (see the module docstring).
+class FirstOrderMap:
+    """First-order preview of the whole CEM from one backward pass (see the module docstring), with the protocol
+    every attribution method here shares: built from (model, task, metric, device), ``attribute(clean, roi, ...)``.
+    Like the engine, it moves the model to ``device`` and sets eval mode (no copy)."""
 
-    With ``compare_to``, ``meta["rank_correlation"]`` is the Spearman correlation with that intervention map. Like
-    the engine, it moves the model to ``device`` and sets eval mode (no copy).
-    """
-    dev = resolve_device(device)
-    if isinstance(model, torch.nn.Module):
-        model.to(dev).eval()
-    metric = metric or ROISmoothPSNR()
-    inputs = _inputs(task, clean, roi, block_size, patches, degraded, seed, dev)
-    roi, grid, image = inputs.roi, inputs.grid, inputs.degraded.image
-    x0 = image.unsqueeze(0).detach().clone().requires_grad_(True)
-    with torch.enable_grad():
-        origin = metric(model(x0), inputs.clean, roi)
-        (grad,) = torch.autograd.grad(origin.sum(), x0)
-    grad = grad[0].to(torch.float64)
-    sign = 1.0 if metric.higher_is_better else -1.0
-    effects = np.zeros(len(grid))
-    for k in range(len(grid)):
-        xs = inputs.interventions(task, k, n_interventions, seed, dev)
-        mean_change = (xs.to(torch.float64) - image.to(torch.float64)).mean(dim=0)
-        effects[k] = -sign * float((grad * mean_change).sum())
-    shape = grid.shape
-    mask = grid.roi_mask(roi)
-    effects = effects.reshape(shape)
-    meta: dict[str, Any] = {"method": "first_order", "metric": metric.name, "roi": {"x": roi.x, "y": roi.y, "size": roi.size},
-                            "block_size": block_size, "n_interventions": n_interventions, "seed": seed,
-                            "task": task.describe(), "forwards": 1, "backwards": 1}
-    if compare_to is not None:
-        meta["rank_correlation"] = spearman(effects.ravel(), compare_to.effects.ravel())
-    return CEMResult(
-        effects=effects, se=np.full(shape, np.nan), n=np.full(shape, n_interventions), forwards=np.zeros(shape, np.int64),
-        significant=np.zeros(shape, bool), status=np.full(shape, STATUS_ESTIMATED, np.uint8), roi_mask=mask,
-        origin=float(origin.detach()[0]), meta=meta,
-    )
+    def __init__(self, model: ImageModel, task: Task, metric: ROIMetric | None = None,
+                 device: str | torch.device = "auto") -> None:
+        self.device = resolve_device(device)
+        self.model, self.task, self.metric = model, task, metric or ROISmoothPSNR()
+        if isinstance(model, torch.nn.Module):
+            model.to(self.device).eval()
+
+    def attribute(self, clean: torch.Tensor | np.ndarray, roi: ROI | tuple[int, int, int], block_size: int = 8,
+                  n_interventions: int = 8, seed: int = 0, patches: PatchBank | np.ndarray | None = None,
+                  compare_to: CEMResult | None = None, degraded: Degraded | None = None) -> CEMResult:
+        """The preview map; with ``compare_to``, ``meta["rank_correlation"]`` is the Spearman correlation with that
+        intervention map."""
+        task, metric, dev = self.task, self.metric, self.device
+        inputs = _inputs(task, clean, roi, block_size, patches, degraded, seed, dev)
+        roi, grid, image = inputs.roi, inputs.grid, inputs.degraded.image
+        x0 = image.unsqueeze(0).detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            origin = metric(self.model(x0), inputs.clean, roi)
+            (grad,) = torch.autograd.grad(origin.sum(), x0)
+        grad = grad[0].to(torch.float64)
+        sign = 1.0 if metric.higher_is_better else -1.0
+        effects = np.zeros(len(grid))
+        for k in range(len(grid)):
+            xs = inputs.interventions(task, k, n_interventions, seed, dev)
+            mean_change = (xs.to(torch.float64) - image.to(torch.float64)).mean(dim=0)
+            effects[k] = -sign * float((grad * mean_change).sum())
+        shape = grid.shape
+        effects = effects.reshape(shape)
+        meta: dict[str, Any] = {"method": "first_order", "metric": metric.name,
+                                "roi": {"x": roi.x, "y": roi.y, "size": roi.size}, "block_size": block_size,
+                                "n_interventions": n_interventions, "seed": seed, "task": task.describe(),
+                                "forwards": 1, "backwards": 1}
+        if compare_to is not None:
+            meta["rank_correlation"] = spearman(effects.ravel(), compare_to.effects.ravel())
+        return CEMResult(
+            effects=effects, se=np.full(shape, np.nan), n=np.full(shape, n_interventions),
+            forwards=np.zeros(shape, np.int64), significant=np.zeros(shape, bool),
+            status=np.full(shape, STATUS_ESTIMATED, np.uint8), roi_mask=grid.roi_mask(roi),
+            origin=float(origin.detach()[0]), meta=meta,
+        )
 

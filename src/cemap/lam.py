@@ -19,8 +19,9 @@ import numpy as np
 import torch
 
 from cemap import results
-from cemap.engine import ImageModel, resolve_device
+from cemap.engine import ImageModel, as_clean_tensor, resolve_device
 from cemap.grid import ROI
+from cemap.tasks.base import Degraded, Task
 from cemap.tasks.deblur import blur, gaussian_kernel
 from cemap.validation import SettingError
 
@@ -78,15 +79,17 @@ class LAMResult:
 
 
 class LAM:
-    """LAM of an image-to-image model (captum-style: build once, ``attribute`` per input and window). Like the
-    engine, it moves the model to ``device`` and sets eval mode (no copy)."""
+    """LAM of an image-to-image model, with the protocol every attribution method here shares: built from (model,
+    task, device), ``attribute(clean, roi, ...)`` on the task's degraded input. It takes no metric: its target is
+    the ROI's edge energy, by definition. Like the engine, it moves the model to ``device`` and sets eval mode (no
+    copy)."""
 
-    def __init__(self, model: ImageModel, device: str | torch.device = "auto", sigma: float = 1.2, steps: int = 50,
-                 kernel_size: int = 9, batch_size: int = 10) -> None:
+    def __init__(self, model: ImageModel, task: Task, device: str | torch.device = "auto", sigma: float = 1.2,
+                 steps: int = 50, kernel_size: int = 9, batch_size: int = 10) -> None:
         if steps < 1 or kernel_size < 1 or kernel_size % 2 == 0 or sigma < 0:
             raise SettingError(f"LAM needs steps >= 1, an odd kernel_size and sigma >= 0; got {steps}, {kernel_size}, {sigma}")
         self.device = resolve_device(device)
-        self.model = model
+        self.model, self.task = model, task
         if isinstance(model, torch.nn.Module):
             model.to(self.device).eval()
         self.sigma, self.steps, self.kernel_size, self.batch_size = sigma, steps, kernel_size, batch_size
@@ -98,13 +101,14 @@ class LAM:
         return torch.cat([blur(x, torch.from_numpy(gaussian_kernel(self.kernel_size, s))).float() if s > 0 else x
                           for s in sigmas])
 
-    def attribute(self, image: torch.Tensor | np.ndarray, window: ROI | tuple[int, int, int]) -> LAMResult:
-        """LAM of the model input ``image`` ((C, h, w) in [0, 1] or h x w x 3 uint8) for the output ``window``."""
-        from cemap.imageio import to_tensor
-
-        window = window if isinstance(window, ROI) else ROI(*window)
-        x = to_tensor(image) if isinstance(image, np.ndarray) else image.detach().to(torch.float32)
-        points = self.path(x)
+    def attribute(self, clean: torch.Tensor | np.ndarray, roi: ROI | tuple[int, int, int], seed: int = 0,
+                  degraded: Degraded | None = None) -> LAMResult:
+        """LAM for the output window ``roi`` of the model input: ``clean`` ((3, H, W) in [0, 1] or H x W x 3
+        uint8) degraded by the task with ``RandomState(seed)`` as the engine does, or ``degraded`` when given."""
+        window = roi if isinstance(roi, ROI) else ROI(*roi)
+        if degraded is None:
+            degraded = self.task.degrade(as_clean_tensor(clean), np.random.RandomState(seed))
+        points = self.path(degraded.image.detach().to(torch.float32))
         grads = []
         for chunk in points[:-1].split(self.batch_size):
             inp = chunk.detach().clone().requires_grad_(True)

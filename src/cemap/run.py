@@ -35,12 +35,12 @@ from cemap import results
 from cemap.checkpoint import load_checkpoint
 from cemap.config import compose_config, drop_keys, training_overrides
 from cemap.data import load_image, patch_bank_from_config
-from cemap.decomposition import PixelDecomposition, first_order_map
+from cemap.decomposition import FirstOrderMap, PixelDecomposition
 from cemap.engine import CausalEffectMap, resolve_device
 from cemap.estimators import Estimator, EstimatorSettings, make_estimator
 from cemap.figures import save_cem_lam_figure, save_map_figure
 from cemap.grid import ROI, BlockGrid
-from cemap.imageio import to_tensor, to_uint8
+from cemap.imageio import to_tensor
 from cemap.lam import LAM
 from cemap.locality import LocalitySettings
 from cemap.metrics import psnr
@@ -259,7 +259,7 @@ def write_job_outputs(cfg: DictConfig, job: RunInputs, maps: list[CEMResult], fo
     task, image = job.task, job.image
     degraded = task.degrade(to_tensor(image), np.random.RandomState(cfg.seed))
     whole = image_psnr(job.model, degraded, image, job.device)
-    shown = np.repeat(np.repeat(to_uint8(degraded.image), task.scale, axis=0), task.scale, axis=1)
+    shown = task.input_view(image, cfg.seed)
     bound = cfg.figure_bound if cfg.figure_bound is not None else task.display_bound
     per_roi = []
     for folder, result, roi in zip(folders, maps, job.rois):
@@ -291,13 +291,14 @@ def gradient_views(cfg: DictConfig, model: torch.nn.Module, task: Task, image: n
     """The ``gradients.*`` extras for one map, saved beside it; returns their headline numbers for the summary."""
     opts, device, out = cfg.gradients, resolve_device(cfg.device), {}
     if opts.first_order:
-        preview = first_order_map(model, task, to_tensor(image), roi, cfg.cem.block_size, opts.first_order_draws,
-                                  cfg.seed, bank, device=device, compare_to=result, degraded=degraded)
+        preview = FirstOrderMap(model, task, device=device).attribute(
+            to_tensor(image), roi, cfg.cem.block_size, opts.first_order_draws, cfg.seed, bank, compare_to=result,
+            degraded=degraded)
         preview.save(folder / results.FIRST_ORDER_DIR)
         out["first_order_rank_correlation"] = preview.meta["rank_correlation"]
     if opts.lam:
-        lam = LAM(model, device, opts.lam_sigma, opts.lam_steps, opts.lam_kernel).attribute(
-            degraded.image, roi)
+        lam = LAM(model, task, device, opts.lam_sigma, opts.lam_steps, opts.lam_kernel).attribute(
+            to_tensor(image), roi, degraded=degraded)
         lam.save(folder)
         save_cem_lam_figure(result, np.kron(lam.map, np.ones((task.scale, task.scale))), lam.diffusion_index,
                             folder / results.CEM_LAM_FIGURE, shown)
