@@ -144,3 +144,23 @@ def test_the_colour_scale_is_set_by_the_effects_outside_the_roi() -> None:
     assert np.allclose(rgba[0, 0], cmap(1.0)) and np.allclose(rgba[4, 4], cmap(0.0))  # full colour, not white
     assert np.allclose(rgba[2, 2], cmap(1.0))                                          # the ROI saturates
     assert rgba[0, 4, :3].min() > 0.7                                                  # pale: not significant
+
+
+def test_grid_panels_are_blended_over_the_degraded_input_the_map_was_computed_on() -> None:
+    from cemap.data import load_image
+    from cemap.report import input_underlay
+    from cemap.tasks import SuperResolution
+
+    result = synthetic_result(np.zeros((4, 4)), np.eye(4, dtype=bool))
+    result.meta["config"] = {"image": "embedded:chelsea", "crop": 32, "seed": 3,
+                             "task": {"_target_": "cemap.tasks.SuperResolution", "scale": 4}}
+    cache: dict = {}
+    shown = input_underlay(result, cache)
+    clean, _ = load_image("embedded:chelsea", 32, multiple=4)
+    assert shown is not None and shown.shape == (32, 32, 3) and shown.dtype == np.uint8
+    assert np.array_equal(shown, SuperResolution(scale=4).input_view(clean, 3))
+    assert np.array_equal(shown[::4, ::4], shown[3::4, 3::4])  # the 8 px LR input on the output grid
+    assert len(cache) == 1 and input_underlay(result, cache) is shown
+    result.meta["config"] = {"image": "/nonexistent.png", "crop": 32, "seed": 0, "task": result.meta["config"]["task"]}
+    assert input_underlay(result, {}) is None and input_underlay(synthetic_result(np.zeros((2, 2)),
+                                                                                   np.eye(2, dtype=bool)), {}) is None

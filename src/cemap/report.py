@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import json
+import logging
 import math
 import re
 from collections import defaultdict
@@ -14,16 +16,23 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+import hydra
 import jinja2
 import matplotlib.pyplot as plt
 import numpy as np
+from hydra.errors import InstantiationException
 
 from cemap import results
 from cemap.analysis import Analysis, MapRecord
+from cemap.data import load_image
+from cemap.imageio import ImageError
 from cemap.figures import CMAP, color_bound, draw_map
-from cemap.results import STATUS_NOT_COMPUTED
+from cemap.results import STATUS_NOT_COMPUTED, CEMResult
 from cemap.stats import STATISTIC_GLOSSARY, STATISTIC_UNITS, effect_profile
+from cemap.validation import SettingError
 from cemap.verdicts import Estimate, TestOutcome
+
+log = logging.getLogger(__name__)
 
 
 # --- figures -------------------------------------------------------------------------------------------------------
@@ -36,8 +45,25 @@ def _png(fig: plt.Figure) -> bytes:
     return buf.getvalue()
 
 
+def input_underlay(result: CEMResult, cache: dict[str, np.ndarray | None]) -> np.ndarray | None:
+    """The degraded input a map was computed on, rebuilt from the run config it carries (image, crop, task, seed;
+    ``cache`` shares it between the models of one crop), or None where the map lacks them (engine API maps) or the
+    image is not on this machine."""
+    config = result.meta.get("config") or {}
+    key = json.dumps([config.get(k) for k in ("image", "crop", "task", "seed")], sort_keys=True, default=str)
+    if key not in cache:
+        try:
+            task = hydra.utils.instantiate(config["task"])
+            image, _ = load_image(config["image"], config.get("crop"), multiple=task.block_multiple)
+            cache[key] = task.input_view(image, int(config.get("seed", 0)))
+        except (KeyError, OSError, ImageError, InstantiationException, SettingError) as exc:
+            log.info("no input under the map of %s: %s", config.get("image", "?"), exc)
+            cache[key] = None
+    return cache[key]
+
+
 def map_grid(records: Sequence[MapRecord], subjects: Sequence[str]) -> bytes:
-    """Rows = subjects, columns = images (ROI 0 of each), one colour scale per row (its own colour bar).
+    """Rows = subjects, columns = images (ROI 0 of each), blended over the degraded input, one colour scale per row.
 
     A row's scale is set by the effects *outside* the ROIs (``figures.color_bound``, the largest over the row's
     panels; the ROI's own blocks saturate), so that a global denoiser's 0.01 dB far effects are not washed out by a
@@ -46,6 +72,7 @@ def map_grid(records: Sequence[MapRecord], subjects: Sequence[str]) -> bytes:
     records, subjects = with_maps(records, subjects)
     images = sorted({r.image for r in records})
     pick = {(r.subject, r.image): r for r in records if r.roi == 0}
+    inputs: dict[str, np.ndarray | None] = {}
     fig, axes = plt.subplots(max(len(subjects), 1), len(images), figsize=(2.1 * len(images) + 1.6, 2.0 * len(subjects)),
                              squeeze=False)
     for i, s in enumerate(subjects):
@@ -60,7 +87,7 @@ def map_grid(records: Sequence[MapRecord], subjects: Sequence[str]) -> bytes:
             if rec is None:
                 ax.axis("off")
                 continue
-            mappable = draw_map(ax, rec.result, None, bound)
+            mappable = draw_map(ax, rec.result, input_underlay(rec.result, inputs), bound)
             if j == 0:
                 ax.set_ylabel(s, fontsize=8)
         if mappable is not None:
@@ -68,8 +95,8 @@ def map_grid(records: Sequence[MapRecord], subjects: Sequence[str]) -> bytes:
             bar = fig.colorbar(mappable, ax=list(axes[i]), fraction=0.02, pad=0.01, extend=extend)
             bar.ax.tick_params(labelsize=6)
             bar.set_label(f"dB (+-{fmt_value(bound, 'dB')})", fontsize=7)
-    fig.suptitle("Causal effect of each block on ROI 0 (green box); one colour scale per row, set by the effects "
-                 "outside the ROI (ROI blocks saturate); pale = not significant", fontsize=9)
+    fig.suptitle("Causal effect of each block on ROI 0 (green box), over the degraded input; one colour scale per "
+                 "row, set by the effects outside the ROI (ROI blocks saturate); pale = not significant", fontsize=9)
     return _png(fig)
 
 

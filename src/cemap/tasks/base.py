@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from cemap.grid import Block
+from cemap.imageio import to_tensor, to_uint8
 from cemap.validation import SettingError
 
 RandomSource = np.random.Generator | np.random.RandomState
@@ -101,6 +102,12 @@ class Task(ABC):
         Here the degraded input itself, the bar for tasks without a classical method computed here (deraining,
         deblurring); SR and denoising override it."""
         return "degraded input", degraded
+
+    def input_view(self, clean: np.ndarray, seed: int) -> np.ndarray:
+        """The degraded input a map of ``clean`` (H x W x 3 uint8) with ``seed`` was computed on, as uint8 on the
+        output grid (SR inputs repeated ``scale`` times): what map figures are blended over, as in the paper."""
+        view = to_uint8(self.degrade(to_tensor(clean), np.random.RandomState(seed)).image)
+        return np.repeat(np.repeat(view, self.scale, axis=0), self.scale, axis=1)
 
     def describe(self) -> dict[str, object]:
         """Settings that change results, for result metadata and cache keys."""
