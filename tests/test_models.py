@@ -63,7 +63,12 @@ def test_every_registered_family_is_in_the_tiny_training_table() -> None:
     assert {schedule for _, _, schedule in runs + table.EXTRA_RUNS} <= schedules
 
 
-VARIANTS = [p for p in PRESETS if (_family(p) is None or _family(p) in CONTROLS) and p != "auto"]
+PAPER_SIZE = {p for p in PRESETS
+              if _family(p) is None and not any(k in p for k in ("tiny", "bench", "control", "auto"))}
+"""Paper-size variants (rcan_no_ca, swinir_dn, ...): built by the author-layout tests; their code paths (channel
+attention modes, same-size heads) run in the forward test below at tiny and bench size."""
+VARIANTS = [p for p in PRESETS
+            if (_family(p) is None or _family(p) in CONTROLS) and p not in {"auto", *PAPER_SIZE, *TINY}]
 
 
 @pytest.mark.parametrize("preset", TINY + VARIANTS)
@@ -196,3 +201,19 @@ def test_declared_receptive_radius_passes_the_locality_probe(preset: str) -> Non
     else:
         assert plan.report["screened"], plan.report
         assert plan.reachable is not None and not plan.reachable.all()
+
+
+def test_fsrcnn_paper_initialisation() -> None:
+    from cemap.models.fsrcnn import FSRCNN
+    from cemap.validation import SettingError
+
+    torch.manual_seed(0)
+    model = FSRCNN(d=56, s=16, m=4, init="paper")
+    assert model.last_part.weight.std().item() == pytest.approx(0.001, rel=0.05)
+    assert all(float(m.bias.abs().max()) == 0.0 for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    head = model.first_part[0].weight
+    assert head.std().item() == pytest.approx((2 / (1 + 0.25**2) / head[0].numel()) ** 0.5, rel=0.1)
+    assert FSRCNN(init="default").last_part.weight.abs().max() > 0.01  # PyTorch's, kept for loading checkpoints
+    with pytest.raises(SettingError, match="init"):
+        FSRCNN(init="xavier")
+    assert build("fsrcnn_bench_m8").last_part.weight.std().item() < 0.002  # the bench sweep uses it
