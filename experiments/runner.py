@@ -162,8 +162,8 @@ def idle_subjects(cfg, profile: str, subjects: list[str],  # type: ignore[no-unt
     for subject in subjects:
         role = canonical(subject, profile, roles)
         if role in named and role not in useful:
-            idle[subject] = (f"not mapped: every test that uses it pairs it with {', '.join(partners[role])}, which "
-                             "has no model here")
+            missing_partners = ", ".join(dict.fromkeys(partners[role]))
+            idle[subject] = f"not mapped: every test that uses it pairs it with {missing_partners}, without a model here"
     return idle
 
 

@@ -73,8 +73,10 @@ def map_grid(records: Sequence[MapRecord], subjects: Sequence[str]) -> bytes:
     images = sorted({r.image for r in records})
     pick = {(r.subject, r.image): r for r in records if r.roi == 0}
     inputs: dict[str, np.ndarray | None] = {}
-    fig, axes = plt.subplots(max(len(subjects), 1), len(images), figsize=(2.1 * len(images) + 1.6, 2.0 * len(subjects)),
+    height = 2.0 * max(len(subjects), 1)
+    fig, axes = plt.subplots(max(len(subjects), 1), len(images), figsize=(2.1 * len(images) + 1.6, height),
                              squeeze=False)
+    fig.subplots_adjust(top=1.0 - 0.8 / height)  # title and column names just above the first row, at any row count
     for i, s in enumerate(subjects):
         row = [pick[(s, img)].result for img in images if (s, img) in pick]
         bound = max((color_bound(r) for r in row), default=1e-3)
@@ -96,7 +98,8 @@ def map_grid(records: Sequence[MapRecord], subjects: Sequence[str]) -> bytes:
             bar.ax.tick_params(labelsize=6)
             bar.set_label(f"dB (+-{fmt_value(bound, 'dB')})", fontsize=7)
     fig.suptitle("Causal effect of each block on ROI 0 (green box), over the degraded input; one colour scale per "
-                 "row, set by the effects outside the ROI (ROI blocks saturate); pale = not significant", fontsize=9)
+                 "row, set by the effects outside the ROI (ROI blocks saturate); pale = not significant", fontsize=9,
+                 y=1.0 - 0.2 / height)
     return _png(fig)
 
 
