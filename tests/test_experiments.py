@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -57,6 +58,7 @@ def test_experiment_smoke_run_through_the_runner(experiment: str, tmp_path: Path
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "$ python -m cemap.run -m experiment=" in proc.stdout
+    assert re.search(r"^\[1/\d+\] \S+ \S+: .*min left$", proc.stdout, re.MULTILINE)  # one line per finished job
     for name in OUTPUT_FILES:
         assert (results_dir / name).is_file(), name
     verdict = json.loads((results_dir / "verdict.json").read_text())
