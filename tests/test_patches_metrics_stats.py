@@ -164,3 +164,15 @@ def test_grid_panels_are_blended_over_the_degraded_input_the_map_was_computed_on
     result.meta["config"] = {"image": "/nonexistent.png", "crop": 32, "seed": 0, "task": result.meta["config"]["task"]}
     assert input_underlay(result, {}) is None and input_underlay(synthetic_result(np.zeros((2, 2)),
                                                                                    np.eye(2, dtype=bool)), {}) is None
+
+
+def test_a_map_without_negative_blocks_has_a_negative_mass_share_of_plus_zero() -> None:
+    from cemap.stats import map_statistics, summarize
+
+    eff, roi = np.zeros((5, 5)), np.zeros((5, 5), bool)
+    roi[2, 2], eff[2, 2], eff[0, 0] = True, 1.0, 0.5
+    result = synthetic_result(eff, roi)
+    result.meta.update(roi={"x": 16, "y": 16, "size": 8}, image_size=[40, 40])
+    for share in (summarize(result)["negative_mass_fraction"],
+                  map_statistics(result, 8, 0.9)["negative_mass_fraction"]):
+        assert share == 0.0 and np.copysign(1.0, share) == 1.0

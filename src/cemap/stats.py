@@ -71,7 +71,7 @@ def summarize(result: CEMResult) -> dict[str, Any]:
     eff, sig, roi = np.where(computed, result.effects, 0.0), result.significant, result.roi_mask
     out = ~roi & computed
     pos, neg = out & sig & (eff > 0), out & sig & (eff < 0)
-    abs_pos, abs_neg = float(eff[pos].sum()), float(-eff[neg].sum())
+    abs_pos, abs_neg = float(eff[pos].sum()), float(np.abs(eff[neg]).sum())  # no -0.0 without negatives
     radius = effective_radius(result)
     block = int(result.meta.get("block_size", 1))
     return {
@@ -204,7 +204,7 @@ def map_statistics(result: CEMResult, local_radius_px: int, radius_mass: float =
     eff = np.nan_to_num(result.effects)
     sig = result.significant & outside
     neg, pos = sig & (eff < 0), sig & (eff > 0)
-    neg_mass, pos_mass = float(-eff[neg].sum()), float(eff[pos].sum())
+    neg_mass, pos_mass = float(np.abs(eff[neg]).sum()), float(eff[pos].sum())  # no -0.0 without negatives
     radius = effective_radius(result, radius_mass)
     excess = far_excess_power(result, local_radius_px)
     return {
