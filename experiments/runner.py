@@ -79,10 +79,9 @@ PROFILES = ("tiny", "bench", "paper")
 SUBJECT_PREFIX = {"tiny": "", "bench": "b_", "paper": "p_"}
 """A profile's subjects are the tiny subjects' names with this prefix (b_dn_rcan_ca plays dn_rcan_ca), so one set of
 tests serves every profile; controls (ctl_*) are the same everywhere."""
-SWEEP_KEYS = {"images": "experiment.images", "crop": "crop", "rois": "rois", "estimator": "cem.estimator",
-              "n_samples": "cem.n_samples", "block_size": "cem.block_size"}
-OPTIONAL_SWEEP_KEYS = {"channels_last": "cem.channels_last", "batch_size": "cem.batch_size"}
-"""Set by a profile only where it needs them (the bench profile's CPU layout: channels-last, batches of 8)."""
+PROFILE_KEYS = ("images", "rois", "estimator", "n_samples", "block_size")
+"""What a bench or paper block must set (``crop`` may be null: whole images); conf/profile/<profile>.yaml copies the
+block over the experiment's sweep."""
 
 
 def base_overrides(args: argparse.Namespace, subjects: list[str] | None = None) -> list[str]:
@@ -90,8 +89,10 @@ def base_overrides(args: argparse.Namespace, subjects: list[str] | None = None) 
     if args.smoke:
         out.append("debug=smoke")
     if args.profile != "tiny":
+        if args.images:
+            out.append(f"experiment.images={json.dumps(list(args.images))}")
         node = compose_config("run", out).experiment[args.profile]
-        out += profile_overrides(node, args.images)
+        check_profile(node, "experiment.images" if args.images else None)
         subjects = list(node.subjects) if subjects is None else subjects
     if subjects is not None:
         out.append("experiment.subjects=[" + ",".join(subjects) + "]")
@@ -113,19 +114,16 @@ def user_overrides(args: argparse.Namespace) -> list[str]:
     return out
 
 
-def profile_overrides(sweep_node, images: list[str] | None = None) -> list[str]:  # type: ignore[no-untyped-def]
-    """Overrides that turn the tiny sweep into a profile's (``experiment.bench`` or ``.paper``): its images, crop
-    (null: whole images), ROIs, estimator, draws and block size (its subjects: ``base_overrides``)."""
+def check_profile(sweep_node, images_given: str | None = None) -> None:  # type: ignore[no-untyped-def]
+    """Stop before any job when the experiment does not define the profile (no subjects, or a key of PROFILE_KEYS
+    unset; the paper profile takes its images from --images)."""
     node = OmegaConf.to_container(sweep_node, resolve=True)
     assert isinstance(node, dict)
-    node["images"] = list(images) if images else node["images"]
-    unset = [k for k in SWEEP_KEYS if k != "crop" and node.get(k) is None]
-    if not node["subjects"] or unset:
-        raise SystemExit(f"this experiment does not define that profile (no subjects, or no {', '.join(unset)}; "
-                         "the paper profile takes its images from --images)")
-    optional = [f"{target}={json.dumps(node[key])}" for key, target in OPTIONAL_SWEEP_KEYS.items()
-                if node.get(key) is not None]
-    return [f"{target}={json.dumps(node[key])}" for key, target in SWEEP_KEYS.items()] + optional
+    unset = [k for k in PROFILE_KEYS if node.get(k) is None and not (k == "images" and images_given)]
+    missing = (["no subjects"] if not node["subjects"] else []) + ([f"no {', '.join(unset)}"] if unset else [])
+    if missing:
+        raise SystemExit(f"this experiment does not define that profile ({'; '.join(missing)}; the paper profile "
+                         "takes its images from --images)")
 
 
 def images_in(folder: Path) -> list[str]:

@@ -172,10 +172,11 @@ def test_bench_profile_sets_the_geometry_and_skips_models_that_do_not_ship(tmp_p
     args = SimpleNamespace(experiment="dn_channel_attention", output_root=str(tmp_path), profile="bench", smoke=False,
                            images=None)
     overrides = runner.base_overrides(args)
-    assert "crop=128" in overrides and "cem.block_size=16" in overrides  # dn trades 8 px blocks for the budget
+    assert "profile=bench" in overrides  # conf/profile/bench.yaml copies the experiment's bench block
     assert any(o.startswith("experiment.subjects=[b_dn_dncnn,") for o in overrides)
     cfg = compose_config("run", [*overrides, "subject=ctl_dn_reach"], with_choices=True)
-    assert cfg.crop == 128 and len(cfg.experiment.images) == 12 and runner.missing_input(cfg) is None
+    assert cfg.crop == 128 and cfg.cem.block_size == 16  # dn trades 8 px blocks for the budget
+    assert len(cfg.experiment.images) == 12 and runner.missing_input(cfg) is None
     missing = runner.missing_input(compose_config("run", [*overrides, "subject=b_dn_rcan_ca_s2"], with_choices=True))
     assert missing is None or "not in the shipped bench zoo" in missing  # skipped with its reason until it ships
     assert runner.canonical("b_dn_rcan_ca_s1", "bench") == "dn_rcan_ca_s1"
@@ -201,9 +202,9 @@ def test_bench_profile_maps_with_channels_last_convolutions(tmp_path: Path) -> N
     runner = load_runner()
     args = SimpleNamespace(experiment="dn_channel_attention", output_root=str(tmp_path), profile="bench", smoke=False,
                            images=None)
-    assert {"cem.channels_last=true", "cem.batch_size=8"} <= set(runner.base_overrides(args))
-    assert not any(o.startswith("cem.channels_last") for o in runner.base_overrides(
-        SimpleNamespace(**{**vars(args), "profile": "tiny"})))
+    bench = compose_config("run", runner.base_overrides(args)).cem
+    tiny = compose_config("run", runner.base_overrides(SimpleNamespace(**{**vars(args), "profile": "tiny"}))).cem
+    assert (bench.channels_last, bench.batch_size, tiny.channels_last, tiny.batch_size) == (True, 8, False, 32)
 
 
 def test_paper_profile_lists_every_missing_checkpoint_before_any_job(tmp_path: Path) -> None:

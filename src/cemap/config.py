@@ -154,8 +154,9 @@ class ExpectedConfig:
 
 @dataclass
 class ProfileSweep:
-    """What a profile other than ``tiny`` sets in an experiment's sweep (``experiment.paper``, ``.bench``): the runner
-    overrides every field (``crop`` null = whole images; the paper profile's images come from ``--images``)."""
+    """What a profile other than ``tiny`` sets in an experiment's sweep (``experiment.paper``, ``.bench``):
+    ``conf/profile/<profile>.yaml`` copies these fields over the sweep (``crop`` null = whole images; the paper
+    profile's images come from the runner's ``--images``)."""
 
     subjects: list[str] = field(default_factory=list)
     images: Optional[list[str]] = None
@@ -164,8 +165,8 @@ class ProfileSweep:
     estimator: Optional[str] = None
     n_samples: Optional[int] = None
     block_size: Optional[int] = None
-    channels_last: Optional[bool] = None  # cem.channels_last for this profile (null: the run config's)
-    batch_size: Optional[int] = None  # cem.batch_size for this profile (null: the run config's)
+    channels_last: Optional[bool] = None  # cem.channels_last of the bench profile
+    batch_size: Optional[int] = None  # cem.batch_size of the bench profile
     local_radius_px: Optional[int] = None  # where "far" starts at this profile (the receptive radius of its local CNN)
     roles: dict[str, str] = field(default_factory=dict)
     """Role (the tiny subject's name, which the tests use) -> this profile's subject, where the profile's prefix
@@ -225,7 +226,7 @@ class RunConfig:
     wandb: WandbRunConfig = field(default_factory=WandbRunConfig)
     subject: Optional[SubjectConfig] = None
     experiment: Optional[ExperimentConfig] = None
-    profile: str = "tiny"
+    profile: str = "tiny"  # set by the profile group (conf/profile: tiny, bench, paper)
 
 
 @dataclass
