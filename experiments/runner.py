@@ -92,7 +92,7 @@ def base_overrides(args: argparse.Namespace, subjects: list[str] | None = None) 
         if args.images:
             out.append(f"experiment.images={json.dumps(list(args.images))}")
         node = compose_config("run", out).experiment[args.profile]
-        check_profile(node, "experiment.images" if args.images else None)
+        check_profile(node, images_given=bool(args.images))
         subjects = list(node.subjects) if subjects is None else subjects
     if subjects is not None:
         out.append("experiment.subjects=[" + ",".join(subjects) + "]")
@@ -114,7 +114,7 @@ def user_overrides(args: argparse.Namespace) -> list[str]:
     return out
 
 
-def check_profile(sweep_node, images_given: str | None = None) -> None:  # type: ignore[no-untyped-def]
+def check_profile(sweep_node, images_given: bool = False) -> None:  # type: ignore[no-untyped-def]
     """Stop before any job when the experiment does not define the profile (no subjects, or a key of PROFILE_KEYS
     unset; the paper profile takes its images from --images)."""
     node = OmegaConf.to_container(sweep_node, resolve=True)

@@ -143,10 +143,10 @@ while the device computes, instead of waiting for every batch."""
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 AUTO_BATCH_CAP = 256
+"""Largest batch the automatic choice picks: beyond it GPUs gain little and a back-off costs more."""
 APART_SHARE = 0.8
 """A local model's ROIs run apart when their own crops cost less than this share of the shared crop: each part
 re-probes the model and scores its own origin, so a small saving is not worth it."""
-"""Largest batch the automatic choice picks: beyond it GPUs gain little and a back-off costs more."""
 OUTPUT_MEDIAN_RANGE = (-2.0, 3.0)
 """Where the median of a model's output on the unmodified input must lie for it to be in [0, 1] units. Wide enough
 for the planted-pathway controls (``control_reach``: + 3 x (crop mean - 0.4), up to 2.8 on a white crop; 1.57 on a
