@@ -169,6 +169,11 @@ def available(args: argparse.Namespace, subjects: list[str]) -> tuple[list[str],
     return keep, skipped
 
 
+def profile_block(experiment: dict, profile: str) -> dict:
+    """The experiment's block for ``profile`` (``bench`` / ``paper``; empty for ``tiny``, the sweep itself)."""
+    return (experiment.get(profile) or {}) if profile != "tiny" else {}
+
+
 def idle_subjects(cfg, profile: str, subjects: list[str],  # type: ignore[no-untyped-def]
                   skipped: dict[str, str]) -> dict[str, str]:
     """Subjects no test can use here, with the reason: every test that names their role pairs it with a role that
@@ -176,7 +181,7 @@ def idle_subjects(cfg, profile: str, subjects: list[str],  # type: ignore[no-unt
     no test names (descriptive ones, e.g. the local reference CNN) and controls are always kept."""
     node = OmegaConf.to_container(cfg.experiment, resolve=True)
     assert isinstance(node, dict)
-    sweep_node = node.get(profile) or {} if profile != "tiny" else {}
+    sweep_node = profile_block(node, profile)
     roles = sweep_node.get("roles") or {}
     missing = {*(sweep_node.get("unavailable") or {}), *(canonical(s, profile, roles) for s in skipped)}
     named, useful, partners = set(), set(), {}
@@ -233,14 +238,13 @@ def train_missing(args: argparse.Namespace, subjects: list[str]) -> None:
         sh([sys.executable, "-m", "cemap.train", *overrides, f"progress={str(not args.quiet).lower()}"])
 
 
-def sweep(args: argparse.Namespace, subjects: list[str]) -> None:
+def sweep(args: argparse.Namespace, subjects: list[str], n_images: int) -> None:
     cmd = [sys.executable, "-m", "cemap.run", "-m", *base_overrides(args, subjects), f"logger={args.logger}",
            f"hydra.sweep.dir={sweep_folder(args, args.experiment)}",
            f"progress={str(not args.quiet and args.jobs == 1).lower()}"]  # parallel jobs' bars would interleave
     if args.jobs > 1:
         cmd += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.jobs}"]
-    images = compose_config("run", base_overrides(args, subjects)).experiment.images
-    sh(cmd, JobProgress(len(subjects) * len(images)))
+    sh(cmd, JobProgress(len(subjects) * n_images))
 
 
 def sweep_folder(args: argparse.Namespace, name: str) -> Path:
@@ -264,7 +268,7 @@ def analyse(args: argparse.Namespace, cfg, subjects: list[str],  # type: ignore[
             skipped: dict[str, str] | None = None) -> dict:
     experiment = OmegaConf.to_container(cfg.experiment, resolve=True, enum_to_str=True)
     assert isinstance(experiment, dict)
-    node = experiment.get(args.profile) or {} if args.profile != "tiny" else {}
+    node = profile_block(experiment, args.profile)
     roles = node.get("roles") or {}
     experiment["subjects"] = [canonical(s, args.profile, roles) for s in subjects]
     # why a test's model has no maps here: the profile has no such model (its ``unavailable``), or it was skipped
@@ -346,7 +350,7 @@ def main() -> None:
     if args.stage in ("all", "train"):
         train_missing(args, subjects)
     if args.stage in ("all", "maps"):
-        sweep(args, subjects)
+        sweep(args, subjects, len(cfg.experiment.images))
     if args.stage in ("all", "analyse"):
         analyse(args, cfg, subjects, skipped)
     print(f"done in {(time.perf_counter() - started) / 60:.1f} min", flush=True)

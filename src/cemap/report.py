@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 # --- figures -------------------------------------------------------------------------------------------------------
 
+MARKERS = "osD^vP*X<>"
+"""One marker per model (cycled) in the figures that draw several models together."""
+
 
 def _png(fig: plt.Figure) -> bytes:
     buf = io.BytesIO()
@@ -124,8 +127,8 @@ def distance_curves(records: Sequence[MapRecord], subjects: Sequence[str]) -> by
         if per_d:
             ds = sorted(per_d)
             i = list(subjects).index(s)  # coinciding lines (local models are all 0 far out) stay told apart
-            ax.plot(ds, [np.mean(per_d[d]) for d in ds], marker="osD^vP*X<>"[i % 10], linestyle=("-", "--", ":", "-.")[i % 4],
-                    markersize=4, alpha=0.85, label=s)
+            ax.plot(ds, [np.mean(per_d[d]) for d in ds], marker=MARKERS[i % len(MARKERS)],
+                    linestyle=("-", "--", ":", "-.")[i % 4], markersize=4, alpha=0.85, label=s)
     ax.set_yscale("symlog", linthresh=1e-3)
     ax.set_xlabel("Chebyshev distance to the ROI (blocks)")
     ax.set_ylabel("mean |significant effect| per block (dB)")
@@ -167,7 +170,7 @@ def radius_scatter(per_subject: dict[str, dict[str, Estimate]]) -> bytes:
     colour and marker per model in both panels, named in one legend outside the axes (labels next to points
     overlapped where models sit together)."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
-    colours, markers = plt.get_cmap("tab20").colors, "osD^vP*X<>"
+    colours, markers = plt.get_cmap("tab20").colors, MARKERS
     for i, (s, st) in enumerate(per_subject.items()):
         r, p, t = (st[k].mean for k in ("effective_radius_px", "origin_psnr", "receptive_radius_px"))
         style = {"color": colours[i % len(colours)], "marker": markers[i % len(markers)], "s": 36, "alpha": 0.85}
