@@ -9,14 +9,16 @@ PROFILE ?=
 # PROFILE=bench (the shipped bench zoo, no training: the default of reproduce-denoise) | tiny (trains tiny models on
 # the CPU in minutes: the default of the other reproduce-* targets until their bench models ship) | paper (the
 # authors' checkpoints in CKPT_DIR, on a GPU); IMAGES=a folder of test images for the paper profile (e.g. the demo
-# images); JOBS=parallel map jobs (one thread each; 2 for these 2-core machines, 1 on a GPU)
+# images); PATCHES=the intervention patch pool (an npz bank, a folder of patches, or a folder of full images to crop
+# from, e.g. DIV2K_train_HR); JOBS=parallel map jobs (one thread each; 2 for these 2-core machines, 1 on a GPU)
 IMAGES ?=
+PATCHES ?=
 JOBS ?= 2
-RUNNER := $(PY) experiments/runner.py --jobs $(JOBS) $(if $(IMAGES),--images-dir $(IMAGES))
+RUNNER := $(PY) experiments/runner.py --jobs $(JOBS) $(if $(IMAGES),--images-dir $(IMAGES)) $(if $(PATCHES),--patches $(PATCHES))
 
 .DEFAULT_GOAL := help
 
-help: ## Show this help (variables: PROFILE=bench|tiny|paper, JOBS, CKPT_DIR=authors' checkpoints, IMAGES=image folder)
+help: ## Show this help (variables: PROFILE=bench|tiny|paper, JOBS, CKPT_DIR=authors' checkpoints (paper: GPU), IMAGES=image folder, PATCHES=patch pool)
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
 
 $(STAMP): requirements.lock pyproject.toml
@@ -49,7 +51,7 @@ bench-all: bench ## Also locality, adaptive, precision and the full demo on the 
 	$(PY) benchmarks/bench_precision.py
 	$(PY) benchmarks/bench_demo.py
 
-bench-gpu: $(STAMP) ## The GPU checks of the speed issue in one script (needs CUDA and ../shared)
+bench-gpu: $(STAMP) ## The engine's GPU figures in one script: loop/forward ratios (DN, SR), the paper's demo (needs CUDA and ../shared)
 	bash benchmarks/gpu_check.sh
 
 demo: $(STAMP) ## The paper's denoising demo map on the real DnCNN (needs ../shared/reference)

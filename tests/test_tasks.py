@@ -185,3 +185,37 @@ def test_every_task_names_its_classical_baseline() -> None:
     name, out = Denoise(sigma=50).baseline([c + 0.2 * torch.randn_like(c) for c in clean], clean)
     assert name.startswith("gaussian(sigma=") and out[0].shape == clean[0].shape
     assert Derain().baseline(clean, clean) == ("degraded input", clean)
+
+
+@pytest.mark.parametrize("task", ALL_TASKS, ids=lambda t: f"{t.name}-{t.describe()}")
+def test_interventions_from_the_bank_equal_interventions_with_the_drawn_patches(task, small_bank: np.ndarray) -> None:  # type: ignore[no-untyped-def]
+    """``intervene_drawn`` (SR: the bank downscaled once and indexed) gives what ``intervene`` gives on the same
+    patches, on a full block and on a partial block at the image edge."""
+    from cemap.patches import PatchBank
+
+    clean = to_tensor(dead_leaves(44, np.random.default_rng(1)))
+    degraded = task.degrade(clean, np.random.RandomState(0))
+    bank = PatchBank(small_bank)
+    grid = BlockGrid(44, 44, 8, scale=task.scale)  # 44 = 5 blocks and a 4 px partial one
+    chosen = torch.tensor([3, 0, 3, 7])
+    for block in (grid.block(0), grid.block(len(grid) - 1)):
+        drawn = task.intervene_drawn(degraded, clean, block, bank, chosen, np.random.default_rng(2))
+        given = task.intervene(degraded, clean, block, bank.tensor("cpu", block.height, block.width)[chosen],
+                               np.random.default_rng(2))
+        assert torch.equal(drawn, given), block
+
+
+class PerBatchSR(SuperResolution):
+    """SR that resizes the drawn patches with every batch (the behaviour before the bank was downscaled once)."""
+
+    def intervene_drawn(self, degraded, clean, block, bank, chosen, rng):  # type: ignore[no-untyped-def]
+        return self.intervene(degraded, clean, block, bank.tensor(chosen.device, block.height, block.width)[chosen], rng)
+
+
+@pytest.mark.parametrize("kernel", ["pil", "matlab"])
+def test_sr_maps_are_identical_with_the_bank_downscaled_once(kernel: str, small_bank: np.ndarray) -> None:
+    image = dead_leaves(48, np.random.default_rng(0))
+    maps = [CausalEffectMap(Upsample(4), task, device="cpu", batch_size=5).attribute(
+        image, ROI(16, 16, 16), 8, Fixed(n_samples=3), patches=small_bank).effects
+        for task in (SuperResolution(4, kernel=kernel), PerBatchSR(4, kernel=kernel))]
+    np.testing.assert_array_equal(maps[0], maps[1])

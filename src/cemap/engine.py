@@ -81,9 +81,8 @@ def block_interventions(task: Task, degraded: Degraded, clean: torch.Tensor, ban
     """The ``n`` interventions of ``block`` in ``stage``: patches drawn and degraded with ``block_rng(seed, stage,
     block.index)``, so every caller (maps, decompositions, previews) sees the very same draws."""
     rng = block_rng(seed, stage, block.index)
-    chosen = bank.draw(rng, n)
-    patches = bank.tensor(device, block.height, block.width)[torch.as_tensor(chosen, device=device)]
-    return task.intervene(degraded, clean, block, patches, rng)
+    chosen = torch.as_tensor(bank.draw(rng, n), device=device)
+    return task.intervene_drawn(degraded, clean, block, bank, chosen, rng)
 
 
 def as_clean_tensor(clean: torch.Tensor | np.ndarray) -> torch.Tensor:

@@ -13,6 +13,7 @@ import torch
 
 from cemap import results
 from cemap.imageio import read_image, to_rgb8
+from cemap.resize import Resizer
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -71,7 +72,7 @@ class PatchBank:
 
     patches: np.ndarray
     source: str = "array"
-    _device_cache: dict[tuple[str, int, int], torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
+    _device_cache: dict[tuple, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         p = np.asarray(self.patches)
@@ -108,6 +109,15 @@ class PatchBank:
         if key not in self._device_cache:
             t = torch.from_numpy(self.patches[:, :height, :width]).to(device)
             self._device_cache[key] = t.permute(0, 3, 1, 2).to(torch.float32).div_(255.0).contiguous()
+        return self._device_cache[key]
+
+    def resized(self, device: torch.device | str, height: int, width: int, size: tuple[int, int],
+                resizer: Resizer) -> torch.Tensor:
+        """The bank's ``height`` x ``width`` patches resized to ``size`` (h, w) by ``resizer``, computed once and kept
+        on ``device``: each patch is resized alone, so a row equals resizing that patch whenever it is drawn."""
+        key = (str(device), height, width, *size, resizer.name)
+        if key not in self._device_cache:
+            self._device_cache[key] = resizer(self.tensor(device, height, width), *size).contiguous()
         return self._device_cache[key]
 
     def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:

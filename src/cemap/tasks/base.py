@@ -15,6 +15,7 @@ import torch
 
 from cemap.grid import Block
 from cemap.imageio import to_tensor, to_uint8
+from cemap.patches import PatchBank
 from cemap.validation import SettingError
 
 RandomSource = np.random.Generator | np.random.RandomState
@@ -84,6 +85,14 @@ class Task(ABC):
         ``block`` and ``patches`` are in output (clean) pixels; the task maps them into its input domain.
         ``degraded`` and ``clean`` must not be modified.
         """
+
+    def intervene_drawn(self, degraded: Degraded, clean: torch.Tensor, block: Block, bank: PatchBank,
+                        chosen: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """:meth:`intervene` with the bank's patches ``chosen`` (indices on the engine's device). Tasks that transform
+        every patch the same way whatever the image (SR's downscale) override it to transform the bank once and keep
+        it on the device, instead of once per batch."""
+        patches = bank.tensor(chosen.device, block.height, block.width)[chosen]
+        return self.intervene(degraded, clean, block, patches, rng)
 
     @property
     def block_multiple(self) -> int:

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from cemap.grid import Block
+from cemap.patches import PatchBank
 from cemap.resize import Resizer, make_resizer
 from cemap.tasks.base import Degraded, RandomSource, Task
 from cemap.validation import SettingError
@@ -53,8 +54,20 @@ class SuperResolution(Task):
     def intervene(self, degraded: Degraded, clean: torch.Tensor, block: Block, patches: torch.Tensor,
                   rng: np.random.Generator) -> torch.Tensor:
         rows, cols = block.scaled(self.scale)
-        small = self.resizer(patches, rows.stop - rows.start, cols.stop - cols.start)
-        out = degraded.image.unsqueeze(0).repeat(patches.shape[0], 1, 1, 1)
+        return self._write(degraded, rows, cols, self.resizer(patches, rows.stop - rows.start, cols.stop - cols.start))
+
+    def intervene_drawn(self, degraded: Degraded, clean: torch.Tensor, block: Block, bank: PatchBank,
+                        chosen: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """The bank downscaled once per (block size, LR size, kernel) and kept on the device: the Pillow kernel runs
+        on the CPU, so resizing every batch's patches sent each batch of a GPU map back to the host."""
+        rows, cols = block.scaled(self.scale)
+        lr_size = (rows.stop - rows.start, cols.stop - cols.start)
+        small = bank.resized(chosen.device, block.height, block.width, lr_size, self.resizer)[chosen]
+        return self._write(degraded, rows, cols, small)
+
+    @staticmethod
+    def _write(degraded: Degraded, rows: slice, cols: slice, small: torch.Tensor) -> torch.Tensor:
+        out = degraded.image.unsqueeze(0).repeat(small.shape[0], 1, 1, 1)
         out[:, :, rows, cols] = small.to(out.dtype)
         return out
 
@@ -96,6 +109,14 @@ class UpsampledSR(Task):
     def intervene(self, degraded: Degraded, clean: torch.Tensor, block: Block, patches: torch.Tensor,
                   rng: np.random.Generator) -> torch.Tensor:
         lr = self._lr_task.intervene(Degraded(degraded.state["lr"]), clean, block, patches, rng)
+        return self._upsample(lr, degraded)
+
+    def intervene_drawn(self, degraded: Degraded, clean: torch.Tensor, block: Block, bank: PatchBank,
+                        chosen: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        lr = self._lr_task.intervene_drawn(Degraded(degraded.state["lr"]), clean, block, bank, chosen, rng)
+        return self._upsample(lr, degraded)
+
+    def _upsample(self, lr: torch.Tensor, degraded: Degraded) -> torch.Tensor:
         h, w = degraded.image.shape[-2:]
         return self._lr_task.resizer(lr, h, w)
 
