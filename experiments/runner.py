@@ -23,13 +23,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from functools import lru_cache
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from cemap.analysis import analyse as analyse_maps
 from cemap.analysis import load_sweep
-from cemap.config import compose_config, training_overrides
+from cemap.config import compose_config, experiment_variants, training_overrides
 from cemap.report import fmt_interval, fmt_value, missing_reason, write_report
 from cemap.stats import STATISTIC_UNITS
 from cemap.train import FINAL, run_dir
@@ -84,6 +85,17 @@ PROFILE_KEYS = ("images", "rois", "estimator", "n_samples", "block_size")
 block over the experiment's sweep."""
 
 
+@lru_cache(maxsize=None)
+def composed(overrides: tuple[str, ...]):  # type: ignore[no-untyped-def]
+    """The run config of ``overrides``, with the group choices; composed once per run (the runner asks for each
+    subject's at every stage, and a composition takes a third of a second)."""
+    return compose_config("run", list(overrides), with_choices=True)
+
+
+def subject_config(args: argparse.Namespace, subject: str):  # type: ignore[no-untyped-def]
+    return composed((*base_overrides(args), f"subject={subject}"))
+
+
 def base_overrides(args: argparse.Namespace, subjects: list[str] | None = None) -> list[str]:
     out = [f"experiment={args.experiment}", f"output_root={args.output_root}", f"profile={args.profile}"]
     if args.smoke:
@@ -91,7 +103,7 @@ def base_overrides(args: argparse.Namespace, subjects: list[str] | None = None) 
     if args.profile != "tiny":
         if args.images:
             out.append(f"experiment.images={json.dumps(list(args.images))}")
-        node = compose_config("run", out).experiment[args.profile]
+        node = composed(tuple(out)).experiment[args.profile]
         check_profile(node, images_given=bool(args.images))
         subjects = list(node.subjects) if subjects is None else subjects
     if subjects is not None:
@@ -137,7 +149,7 @@ def images_in(folder: Path) -> list[str]:
 
 
 def experiment_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    return compose_config("run", base_overrides(args), with_choices=True)
+    return composed(tuple(base_overrides(args)))
 
 
 def missing_input(cfg) -> str | None:  # type: ignore[no-untyped-def]
@@ -160,13 +172,28 @@ def available(args: argparse.Namespace, subjects: list[str]) -> tuple[list[str],
     """The subjects whose inputs exist here, and the others with the reason (printed, and shown in the report)."""
     keep, skipped = [], {}
     for subject in subjects:
-        reason = missing_input(compose_config("run", [*base_overrides(args), f"subject={subject}"], with_choices=True))
+        reason = missing_input(subject_config(args, subject))
         if reason:
             print(f"  {subject}: skipped, {reason}", flush=True)
             skipped[subject] = reason
             continue
         keep.append(subject)
     return keep, skipped
+
+
+def map_names(args: argparse.Namespace, subjects: list[str]) -> dict[str, list[str]]:
+    """The names each subject's maps carry: its own, or, where the experiment sweeps parameters of its own (an
+    ablation's values in ``hydra.sweeper.params``), one per combination, which the subject puts in its name
+    (``ab_dncnn_n${cem.n_samples}``): the roles the tests use. Names that would collide stop the run."""
+    base = base_overrides(args)
+    variants = experiment_variants(base)
+    names = {s: [str(composed((*base, f"subject={s}", *v)).subject.name) for v in variants]
+             if variants != [[]] else [s] for s in subjects}
+    flat = [n for ns in names.values() for n in ns]
+    if len(set(flat)) < len(flat):
+        raise SystemExit(f"the sweep's maps would share names ({', '.join(flat)}): a subject swept over "
+                         f"{', '.join(v.split('=')[0] for v in variants[0])} must put the value in subject.name")
+    return names
 
 
 def profile_block(experiment: dict, profile: str) -> dict:
@@ -209,7 +236,7 @@ def check_inputs(args: argparse.Namespace, subjects: list[str]) -> None:
 
     problems = [f"image {p} does not exist" for p in args.images or [] if not Path(p).is_file()]
     for subject in subjects:
-        cfg = compose_config("run", [*base_overrides(args), f"subject={subject}"], with_choices=True)
+        cfg = subject_config(args, subject)
         if not cfg.ckpt:
             continue
         path = Path(str(cfg.ckpt))
@@ -228,7 +255,7 @@ def check_inputs(args: argparse.Namespace, subjects: list[str]) -> None:
 
 def train_missing(args: argparse.Namespace, subjects: list[str]) -> None:
     for subject in subjects:
-        cfg = compose_config("run", [*base_overrides(args), f"subject={subject}"], with_choices=True)
+        cfg = subject_config(args, subject)
         if not cfg.trained.schedule or cfg.ckpt:
             continue
         overrides = training_overrides(cfg._choices["model"], cfg._choices["task"], cfg.trained, args.output_root)
@@ -238,13 +265,13 @@ def train_missing(args: argparse.Namespace, subjects: list[str]) -> None:
         sh([sys.executable, "-m", "cemap.train", *overrides, f"progress={str(not args.quiet).lower()}"])
 
 
-def sweep(args: argparse.Namespace, subjects: list[str], n_images: int) -> None:
+def sweep(args: argparse.Namespace, subjects: list[str], n_jobs: int) -> None:
     cmd = [sys.executable, "-m", "cemap.run", "-m", *base_overrides(args, subjects), f"logger={args.logger}",
            f"hydra.sweep.dir={sweep_folder(args, args.experiment)}",
            f"progress={str(not args.quiet and args.jobs == 1).lower()}"]  # parallel jobs' bars would interleave
     if args.jobs > 1:
         cmd += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.jobs}"]
-    sh(cmd, JobProgress(len(subjects) * n_images))
+    sh(cmd, JobProgress(n_jobs))
 
 
 def sweep_folder(args: argparse.Namespace, name: str) -> Path:
@@ -264,13 +291,15 @@ def canonical(subject: str, profile: str, roles: dict[str, str] | None = None) -
     return subject[len(prefix):] if prefix and subject.startswith(prefix) else subject
 
 
-def analyse(args: argparse.Namespace, cfg, subjects: list[str],  # type: ignore[no-untyped-def]
+def analyse(args: argparse.Namespace, cfg, names: list[str],  # type: ignore[no-untyped-def]
             skipped: dict[str, str] | None = None) -> dict:
+    """Analyse the maps named ``names`` (``map_names``: the subjects, or their swept variants); ``skipped``: the
+    names without maps here, with the reason."""
     experiment = OmegaConf.to_container(cfg.experiment, resolve=True, enum_to_str=True)
     assert isinstance(experiment, dict)
     node = profile_block(experiment, args.profile)
     roles = node.get("roles") or {}
-    experiment["subjects"] = [canonical(s, args.profile, roles) for s in subjects]
+    experiment["subjects"] = [canonical(s, args.profile, roles) for s in names]
     # why a test's model has no maps here: the profile has no such model (its ``unavailable``), or it was skipped
     experiment["unavailable"] = {**(node.get("unavailable") or {}),
                                  **{canonical(s, args.profile, roles): r for s, r in (skipped or {}).items()}}
@@ -278,7 +307,7 @@ def analyse(args: argparse.Namespace, cfg, subjects: list[str],  # type: ignore[
         experiment["expected"]["local_radius_px"] = experiment[args.profile]["local_radius_px"]
     folder = sweep_folder(args, experiment["name"])
     wanted_images = {Path(i.split("embedded:")[-1]).stem for i in experiment["images"]}
-    records = [r for r in load_sweep(folder) if r.subject in subjects and r.image in wanted_images]
+    records = [r for r in load_sweep(folder) if r.subject in names and r.image in wanted_images]
     if not records:
         raise SystemExit(f"no maps found under {folder}; run the sweep first")
     for r in records:
@@ -345,14 +374,16 @@ def main() -> None:
     for subject, reason in idle.items():
         print(f"  {subject}: {reason}", flush=True)
     subjects, skipped = [s for s in subjects if s not in idle], {**skipped, **idle}
+    names = map_names(args, [*subjects, *skipped])
     if args.stage in ("all", "maps"):
         check_inputs(args, subjects)
     if args.stage in ("all", "train"):
         train_missing(args, subjects)
     if args.stage in ("all", "maps"):
-        sweep(args, subjects, len(cfg.experiment.images))
+        sweep(args, subjects, sum(len(names[s]) for s in subjects) * len(cfg.experiment.images))
     if args.stage in ("all", "analyse"):
-        analyse(args, cfg, subjects, skipped)
+        analyse(args, cfg, [n for s in subjects for n in names[s]],
+                {n: reason for s, reason in skipped.items() for n in names[s]})
     print(f"done in {(time.perf_counter() - started) / 60:.1f} min", flush=True)
 
 

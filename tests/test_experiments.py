@@ -16,7 +16,7 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from cemap.config import compose_config
+from cemap.config import compose_config, experiment_variants
 from tests.conftest import REPO
 
 EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
@@ -35,10 +35,13 @@ def test_experiment_states_its_claim_and_composes_for_every_subject(experiment: 
         assert (test.supported_below is None) != (test.supported_above is None), test.name
     assert len(cfg.experiment.images) >= 4 and len(cfg.rois) >= 3
     bench = cfg.experiment.bench
+    variants = experiment_variants([f"experiment={experiment}"])
     for profile_subjects in (cfg.experiment.subjects, cfg.experiment.paper.subjects, bench.subjects):
         for subject in profile_subjects:
-            sub = compose_config("run", [f"experiment={experiment}", f"subject={subject}"])
-            assert sub.subject.name == subject
+            sub = compose_config("run", [f"experiment={experiment}", f"subject={subject}", *variants[0]])
+            named = {compose_config("run", [f"experiment={experiment}", f"subject={subject}", *v]).subject.name
+                     for v in variants}
+            assert named == {subject} if variants == [[]] else len(named) == len(variants), (subject, named)
             weights = sub.ckpt or sub.trained.schedule or sub.weights == "zoo" or sub.subject.group == "control"
             assert weights, f"{subject} has no checkpoint, training schedule or zoo weights and is not a control"
             assert subject in bench.subjects or sub.weights != "zoo", f"{subject}: zoo weights outside the bench"
@@ -154,7 +157,9 @@ def test_experiment_configs_are_flat_and_prefixed() -> None:
     assert not [p for p in (REPO / "conf" / "experiment").iterdir() if p.is_dir()]
     for name in EXPERIMENTS:
         raw = OmegaConf.load(REPO / "conf" / "experiment" / f"{name}.yaml")
-        assert set(raw) <= {"defaults", "experiment", "cem", "rois", "crop", "image"}, set(raw)
+        assert set(raw) <= {"defaults", "experiment", "cem", "rois", "crop", "image", "hydra"}, set(raw)
+        # an experiment's own hydra settings are its sweep parameters (an ablation's values), nothing else
+        assert set(raw.get("hydra", {})) <= {"sweeper"} and set(raw.get("hydra", {}).get("sweeper", {})) <= {"params"}
 
 
 def load_runner():  # type: ignore[no-untyped-def]
@@ -258,7 +263,10 @@ def test_every_role_a_test_names_has_a_subject_or_a_reason_in_every_profile(expe
         if not node.subjects:
             continue
         assert set(node.roles.values()) <= set(node.subjects), (profile, node.roles)
-        played = {runner.canonical(s, profile, dict(node.roles)) for s in node.subjects}
+        args = SimpleNamespace(experiment=experiment, output_root="unused", profile=profile, smoke=False,
+                               images=["embedded:chelsea"])
+        names = [n for ns in runner.map_names(args, list(node.subjects)).values() for n in ns]
+        played = {runner.canonical(s, profile, dict(node.roles)) for s in names}
         assert not named - played - set(node.unavailable), (profile, sorted(named - played - set(node.unavailable)))
         assert not set(node.unavailable) & played, (profile, "a role both played and unavailable")
 
@@ -300,3 +308,18 @@ def test_paper_profile_gives_a_verdict_row_for_every_test(experiment: str, refer
     page = (tmp_path / "results" / "report.html").read_text()
     assert all(f"no maps here for {m}" in page.lower() for t in verdict["tests"] for m in t["missing"])
     assert fingerprint() == before, "a paper run changed the committed results"
+
+
+def test_an_ablation_sweeps_its_values_as_hydra_parameters_and_names_each_map_by_them() -> None:
+    """ab_samples sweeps cem.n_samples (hydra.sweeper.params) over one subject file; each map is named by its value
+    (the roles the tests pair), and a subject that does not put the swept value in its name is refused."""
+    runner = load_runner()
+    args = SimpleNamespace(experiment="ab_samples", output_root="unused", profile="tiny", smoke=False, images=None)
+    assert experiment_variants(["experiment=ab_samples"]) == [[f"cem.n_samples={n}"] for n in (2, 4, 8, 32)]
+    assert runner.map_names(args, ["ab_dncnn_samples"]) == {
+        "ab_dncnn_samples": ["ab_dncnn_n2", "ab_dncnn_n4", "ab_dncnn_n8", "ab_dncnn_n32"]}
+    assert compose_config("run", ["experiment=ab_samples", "subject=ab_dncnn_samples", "cem.n_samples=4"]).cem.n_samples == 4
+    with pytest.raises(SystemExit, match="must put the value in subject.name"):
+        runner.map_names(args, ["ab_dncnn_blocks"])  # named by the block size, which ab_samples does not sweep
+    assert runner.map_names(SimpleNamespace(**{**vars(args), "experiment": "dn_channel_attention"}),
+                            ["dn_dncnn"]) == {"dn_dncnn": ["dn_dncnn"]}

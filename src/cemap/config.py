@@ -302,27 +302,49 @@ def drop_keys(node: dict, dotted_keys: tuple[str, ...]) -> dict:
     return node
 
 
+def _compose_with_hydra(name: str, overrides: list[str]) -> DictConfig:
+    """``conf/<name>.yaml`` with ``overrides`` and its ``hydra`` node, inside a running Hydra app or outside one."""
+    register_configs()
+    gh = GlobalHydra.instance()
+    if gh.is_initialized():
+        from hydra.types import RunMode
+
+        return gh.hydra.compose_config(name, overrides, run_mode=RunMode.RUN, with_log_configuration=False)  # type: ignore[union-attr]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(name, overrides=overrides, return_hydra_config=True)
+
+
 def compose_config(name: str, overrides: list[str], with_choices: bool = False) -> DictConfig:
     """Compose ``conf/<name>.yaml`` with ``overrides``, inside a running Hydra app or outside one.
 
     With ``with_choices`` the result keeps ``hydra.runtime.choices`` (which preset each group resolved to) under
     ``_choices``; the ``hydra`` node itself is always removed so configs hash the same wherever they were composed.
     """
-    register_configs()
-    gh = GlobalHydra.instance()
-    if gh.is_initialized():
-        from hydra.types import RunMode
-
-        cfg = gh.hydra.compose_config(name, overrides, run_mode=RunMode.RUN, with_log_configuration=False)  # type: ignore[union-attr]
-    else:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(name, overrides=overrides, return_hydra_config=True)
+    cfg = _compose_with_hydra(name, overrides)
     choices = dict(cfg.hydra.runtime.choices)
     with open_dict(cfg):
         del cfg["hydra"]
         if with_choices:
             cfg["_choices"] = {k: v for k, v in choices.items() if not k.startswith("hydra")}
     return cfg
+
+
+SWEPT_BY_EVERY_EXPERIMENT = ("subject", "image")
+
+
+def experiment_variants(overrides: list[str]) -> list[list[str]]:
+    """An experiment's own sweep parameters (``hydra.sweeper.params`` beyond subjects and images: an ablation's
+    values, e.g. ``cem.n_samples: 2,4,8,32``) as one override list per combination; ``[[]]`` when it has none."""
+    from itertools import product
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = _compose_with_hydra("run", overrides).hydra.sweeper.params or {}
+    swept = [f"{k}={params[k]}" for k in params.keys() if k not in SWEPT_BY_EVERY_EXPERIMENT]
+    parsed = OverridesParser.create().parse_overrides(swept)
+    values = [[f"{o.key_or_group}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override()
+              else [f"{o.key_or_group}={o.get_value_element_as_str()}"] for o in parsed]
+    return [list(combination) for combination in product(*values)]
 
 
 def training_overrides(model_preset: str, task_preset: str, trained: TrainedRef | DictConfig, output_root: str) -> list[str]:
