@@ -32,6 +32,7 @@ from cemap.analysis import analyse as analyse_maps
 from cemap.analysis import load_sweep
 from cemap.config import compose_config, experiment_variants, training_overrides
 from cemap.report import fmt_interval, fmt_value, missing_reason, write_report
+from cemap.results import image_stem, sweep_dir
 from cemap.stats import STATISTIC_UNITS
 from cemap.train import FINAL, run_dir
 
@@ -276,8 +277,7 @@ def sweep(args: argparse.Namespace, subjects: list[str], n_jobs: int) -> None:
 
 def sweep_folder(args: argparse.Namespace, name: str) -> Path:
     """Where the sweep's maps go: one folder per experiment and profile (smoke runs apart)."""
-    suffix = "-smoke" if args.smoke else "" if args.profile == "tiny" else f"-{args.profile}"
-    return Path(args.output_root) / "experiments" / f"{name}{suffix}"
+    return sweep_dir(args.output_root, name, "smoke" if args.smoke else "" if args.profile == "tiny" else args.profile)
 
 
 def canonical(subject: str, profile: str, roles: dict[str, str] | None = None) -> str:
@@ -306,7 +306,7 @@ def analyse(args: argparse.Namespace, cfg, names: list[str],  # type: ignore[no-
     if args.profile != "tiny" and experiment[args.profile].get("local_radius_px") is not None:
         experiment["expected"]["local_radius_px"] = experiment[args.profile]["local_radius_px"]
     folder = sweep_folder(args, experiment["name"])
-    wanted_images = {Path(i.split("embedded:")[-1]).stem for i in experiment["images"]}
+    wanted_images = {image_stem(i) for i in experiment["images"]}
     records = [r for r in load_sweep(folder) if r.subject in names and r.image in wanted_images]
     if not records:
         raise SystemExit(f"no maps found under {folder}; run the sweep first")

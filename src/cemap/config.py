@@ -17,6 +17,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 from cemap.estimators import EstimatorSettings
+from cemap.results import image_stem
 from cemap.stats import RADIUS_MASS, Statistic
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -284,7 +285,7 @@ def register_configs() -> None:
         OmegaConf.register_new_resolver("csv", lambda values: ",".join(str(v) for v in values))
     if not OmegaConf.has_resolver("stem"):
         # a readable folder name for an image spec: embedded:chelsea -> chelsea, /data/0801.png -> 0801
-        OmegaConf.register_new_resolver("stem", lambda spec: Path(str(spec).split(":")[-1]).stem)
+        OmegaConf.register_new_resolver("stem", image_stem)
     cs = ConfigStore.instance()
     cs.store(name="run_schema", node=RunConfig)
     cs.store(name="training_schema", node=TrainConfig)

@@ -47,6 +47,18 @@ STATUS_NOT_COMPUTED = 3
 """Outside this shard; filled in when shards are merged."""
 
 
+def image_stem(spec: str) -> str:
+    """A readable name of an image spec, for job folders and tables: ``embedded:chelsea`` -> ``chelsea``,
+    ``/data/0801.png`` -> ``0801`` (the sweeps' ``${stem:...}`` resolver and the runner's analysis both use it)."""
+    return Path(str(spec).split(":")[-1]).stem
+
+
+def sweep_dir(output_root: str | Path, experiment: str, variant: str = "") -> Path:
+    """The folder of an experiment sweep's job folders: ``<output_root>/experiments/<experiment>[-<variant>]`` (a
+    variant per profile other than tiny, and for smoke runs, so they never mix with the default sweep)."""
+    return Path(output_root) / "experiments" / (f"{experiment}-{variant}" if variant else experiment)
+
+
 class ResultWriteError(OSError):
     """A result could not be written (disk full, permissions); earlier files are left intact."""
 
