@@ -5,6 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+TEST_JOBS ?= 2
 PROFILE ?=
 # PROFILE=bench (the shipped bench zoo, no training: the default of reproduce-denoise) | tiny (trains tiny models on
 # the CPU in minutes: the default of the other reproduce-* targets until their bench models ship) | paper (the
@@ -33,8 +34,8 @@ $(STAMP): requirements.lock pyproject.toml
 venv: $(STAMP) ## Create or refresh .venv with the pinned dependencies
 	@echo "venv ready: $(VENV)"
 
-test: $(STAMP) ## Run the fast test suite (what CI runs)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+test: $(STAMP) ## Run the fast test suite (what CI runs; TEST_JOBS=2 workers, TEST_JOBS=0 for one process)
+	$(PY) -m pytest -q -n $(TEST_JOBS) $(PYTEST_ARGS)
 
 test-slow: $(STAMP) ## Run only the slow tests
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
