@@ -34,8 +34,7 @@ from cemap.tasks.base import Task
 class PerBatchSR(SuperResolution):
     """SR interventions as they were before the bank was downscaled once: Pillow on the CPU for every batch."""
 
-    def intervene_drawn(self, degraded, clean, block, bank, chosen, rng):  # type: ignore[no-untyped-def]
-        return self.intervene(degraded, clean, block, bank.tensor(chosen.device, block.height, block.width)[chosen], rng)
+    intervene_drawn = Task.intervene_drawn  # the base class's: resize the drawn patches in every batch
 
 
 def cem_rate(model: torch.nn.Module, task: Task, image: np.ndarray, args: argparse.Namespace,

@@ -12,6 +12,7 @@ from cemap.grid import BlockGrid
 from cemap.imageio import to_tensor
 from cemap.resize import MatlabBicubic, PILBicubic, matlab_weights
 from cemap.tasks import Deblur, Denoise, Derain, SuperResolution, UpsampledSR
+from cemap.tasks.base import Task
 from tests.conftest import conv_stack
 
 
@@ -208,8 +209,7 @@ def test_interventions_from_the_bank_equal_interventions_with_the_drawn_patches(
 class PerBatchSR(SuperResolution):
     """SR that resizes the drawn patches with every batch (the behaviour before the bank was downscaled once)."""
 
-    def intervene_drawn(self, degraded, clean, block, bank, chosen, rng):  # type: ignore[no-untyped-def]
-        return self.intervene(degraded, clean, block, bank.tensor(chosen.device, block.height, block.width)[chosen], rng)
+    intervene_drawn = Task.intervene_drawn  # the base class's: resize the drawn patches in every batch
 
 
 @pytest.mark.parametrize("kernel", ["pil", "matlab"])
