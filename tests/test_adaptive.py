@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cemap import ROI, CausalEffectMap, Fixed
-from cemap.estimators import Adaptive, EstimatorSettings, make_estimator
+from cemap.estimators import Adaptive, AdaptiveSettings, EstimatorSettings, make_estimator
 from cemap.locality import LocalitySettings
 from cemap.tasks import Denoise
 from tests.conftest import conv_stack
@@ -59,7 +59,7 @@ def test_adaptive_is_reproducible_and_batch_invariant(small_image, small_bank) -
 
 
 def test_settings_and_validation() -> None:
-    est = make_estimator("adaptive", EstimatorSettings(n_samples=100, target_se=0.01, n_min=5))
+    est = make_estimator("adaptive", EstimatorSettings(n_samples=100, adaptive=AdaptiveSettings(target_se=0.01, n_min=5)))
     assert est == Adaptive(target_se=0.01, n_min=5, n_max=100)
     assert make_estimator("fixed", n_samples=7) == Fixed(n_samples=7)
     with pytest.raises(ValueError, match="target_se"):

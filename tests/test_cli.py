@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from cemap.config import register_configs
+from cemap.estimators import Adaptive, EstimatorSettings, Fixed, Reference, make_estimator
 from cemap.models import DnCNN
 from tests.conftest import REPO
 
@@ -65,6 +66,21 @@ def test_typo_fails_at_compose() -> None:
             compose("run", overrides=["experiment=dn_channel_attention", "subject=dn_dncnn", "subject.famly=cnn"])
         with pytest.raises(Exception, match="glob"):
             compose("run", overrides=["experiment=dn_channel_attention", "subject=dn_dncnn", "subject.group=glob"])
+
+
+def test_each_estimator_reads_its_own_settings_node() -> None:
+    """``cem.n_samples`` is shared; ``cem.reference`` / ``cem.adaptive`` hold each estimator's own keys, and the flat
+    keys they replaced fail at composition."""
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("run", overrides=["cem.n_samples=12", "cem.reference.n_coarse=2", "cem.adaptive.target_se=0.02",
+                                        "cem.adaptive.n_min=4"])
+        with pytest.raises(Exception, match="n_coarse"):
+            compose("run", overrides=["cem.n_coarse=2"])
+    settings = EstimatorSettings.from_mapping(cfg.cem)
+    assert make_estimator("reference", settings) == Reference(n_coarse=2, n_fine=12)
+    assert make_estimator("adaptive", settings) == Adaptive(target_se=0.02, n_min=4, n_max=12)
+    assert make_estimator("fixed", settings) == Fixed(n_samples=12)
 
 
 def test_run_writes_results_and_reuses_them(inputs: dict[str, str], tmp_path: Path) -> None:

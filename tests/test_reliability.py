@@ -101,7 +101,7 @@ BAD_INPUTS = [
     (["image={good}", "cem.z=nan"], "SettingError", "cem.z=nan: must be a finite number"),
     (["image={good}", "cem.z=-1"], "SettingError", "cem.z=-1.0: must be >= 0.0"),
     (["image={good}", "cem.locality.atol=nan"], "SettingError", "cem.locality.atol=nan"),
-    (["image={good}", "cem.estimator=adaptive", "cem.target_se=nan"], "SettingError", "cem.target_se=nan"),
+    (["image={good}", "cem.estimator=adaptive", "cem.adaptive.target_se=nan"], "SettingError", "cem.adaptive.target_se=nan"),
 ]
 
 

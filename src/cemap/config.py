@@ -50,10 +50,10 @@ class LocalityConfig:
 class CEMConfig(EstimatorSettings):
     """``rois`` (top level) lists several (x, y, size) ROIs scored from the same forwards; it replaces ``roi``.
 
-    ``n_samples`` is the draws per block of ``fixed``, the fine stage of ``reference`` and the cap of ``adaptive``
-    (which stops a block at ``target_se`` dB, after at least ``n_min`` draws). ``batch_size`` 0 picks one
-    automatically (from free GPU memory, 16 on the CPU). ``precision`` (fp32, bf16, fp16) and ``compile`` trade exact
-    fp32 effects for speed: see benchmarks/bench_precision.py for how far effects move.
+    The estimator keys (``n_samples``, ``tol``, ``z`` and each estimator's node, e.g. ``adaptive.target_se``) come
+    from ``EstimatorSettings``. ``batch_size`` 0 picks one automatically (from free GPU memory, 16 on the CPU).
+    ``precision`` (fp32, bf16, fp16) and ``compile`` trade exact fp32 effects for speed: see
+    benchmarks/bench_precision.py for how far effects move.
     """
 
     block_size: int = 8

@@ -12,7 +12,9 @@ ROI metric of the unmodified input, ``Y`` that of one intervention (signs flip f
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -39,16 +41,43 @@ def _mean_se(d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 @dataclass
+class ReferenceSettings:
+    """``cem.reference``: draws per block in the coarse screening stage."""
+
+    n_coarse: int = 3
+
+
+@dataclass
+class AdaptiveSettings:
+    """``cem.adaptive``: the standard error (dB) at which a block stops, and the draws every block gets first."""
+
+    target_se: float = 0.005
+    n_min: int = 8
+
+
+@dataclass
 class EstimatorSettings:
-    """The flat ``cem.*`` values every estimator is built from (each uses the ones it needs); the run config's
+    """The ``cem.*`` values estimators are built from. Shared, flat: ``n_samples``, the most draws one block's effect
+    averages (all of them for ``fixed``, the fine stage for ``reference``, the cap for ``adaptive``), and the
+    significance rule ``tol`` / ``z``. Each estimator's own settings sit in its node (``cem.reference``,
+    ``cem.adaptive``; ``fixed`` has none), so a new estimator adds a node instead of flat fields. The run config's
     ``cem`` node extends this class, so the two never drift apart."""
 
     n_samples: int = 50
-    n_coarse: int = 3
     tol: float = 0.01
     z: float = 1.96
-    target_se: float = 0.005
-    n_min: int = 8
+    reference: ReferenceSettings = field(default_factory=ReferenceSettings)
+    adaptive: AdaptiveSettings = field(default_factory=AdaptiveSettings)
+
+    @classmethod
+    def from_mapping(cls, node: Mapping[str, Any]) -> EstimatorSettings:
+        """The estimator part of a run's ``cem`` config node (its other keys are ignored)."""
+        defaults = cls()
+        values = {}
+        for item in fields(cls):
+            default, value = getattr(defaults, item.name), node[item.name]
+            values[item.name] = type(default)(**value) if is_dataclass(default) else value
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -83,7 +112,7 @@ class Estimator(ABC):
     @classmethod
     @abstractmethod
     def from_settings(cls, settings: EstimatorSettings) -> Estimator:
-        """Build from the flat ``cem.*`` config values."""
+        """Build from the ``cem.*`` config values (the shared ones and this estimator's node)."""
 
 
 @dataclass(frozen=True)
@@ -103,7 +132,7 @@ class Reference(Estimator):
 
     @classmethod
     def from_settings(cls, settings: EstimatorSettings) -> Reference:
-        return cls(tol=settings.tol, z=settings.z, n_coarse=settings.n_coarse, n_fine=settings.n_samples)
+        return cls(tol=settings.tol, z=settings.z, n_coarse=settings.reference.n_coarse, n_fine=settings.n_samples)
 
     def __post_init__(self) -> None:
         self._check_common()
@@ -182,12 +211,12 @@ class Adaptive(Estimator):
 
     @classmethod
     def from_settings(cls, settings: EstimatorSettings) -> Adaptive:
-        return cls(tol=settings.tol, z=settings.z, target_se=settings.target_se, n_min=settings.n_min,
-                   n_max=settings.n_samples)
+        own = settings.adaptive
+        return cls(tol=settings.tol, z=settings.z, target_se=own.target_se, n_min=own.n_min, n_max=settings.n_samples)
 
     def __post_init__(self) -> None:
         self._check_common()
-        check_number("cem.target_se", self.target_se, 0.0, strict=True)
+        check_number("cem.adaptive.target_se", self.target_se, 0.0, strict=True)
         if not 2 <= self.n_min <= self.n_max:
             raise SettingError(f"adaptive estimator needs 2 <= n_min <= n_max, got n_min={self.n_min}, n_max={self.n_max}")
 
@@ -212,8 +241,8 @@ ESTIMATORS: dict[str, type[Estimator]] = {"reference": Reference, "fixed": Fixed
 
 
 def make_estimator(name: str, settings: EstimatorSettings | None = None, **values: float) -> Estimator:
-    """Build an estimator from the flat ``cem.*`` config (``n_samples`` is the fine-stage size for ``reference`` and
-    the cap for ``adaptive``); ``values`` override single settings, e.g. ``make_estimator("fixed", n_samples=8)``."""
+    """Build an estimator from the ``cem.*`` config (see ``EstimatorSettings``); ``values`` override single shared
+    settings, e.g. ``make_estimator("fixed", n_samples=8)``."""
     if name not in ESTIMATORS:
         raise SettingError(f"unknown estimator {name!r}; choose one of {sorted(ESTIMATORS)}")
     settings = replace(settings or EstimatorSettings(), **values)

@@ -21,7 +21,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +146,7 @@ def load_inputs(cfg: DictConfig) -> RunInputs:
     grid = BlockGrid(height, width, cfg.cem.block_size, scale=task.block_multiple)
     for roi in rois:
         grid.roi_mask(roi)
-    estimator = make_estimator(cfg.cem.estimator, EstimatorSettings(**{f.name: cfg.cem[f.name] for f in fields(EstimatorSettings)}))
+    estimator = make_estimator(cfg.cem.estimator, EstimatorSettings.from_mapping(cfg.cem))
     shard_blocks = [] if cfg.cem.psnr_only else results.parse_shard(cfg.cem.shard, len(grid)) if cfg.cem.shard else None
     bank = patch_bank_from_config(
         cfg.patches.source, cfg.cem.block_size, cfg.patches.path, cfg.patches.n_patches, cfg.patches.seed,
