@@ -38,15 +38,28 @@ def _family(preset: str) -> str | None:
     return None if target is None or preset == "auto" else target.rsplit(".", 1)[-1]
 
 
+def _built_class(preset: str) -> str:
+    """The class a preset builds once its ``defaults`` are composed."""
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf" / "model"), version_base="1.3"):
+        return str(compose(preset)._target_).rsplit(".", 1)[-1]
+
+
 CONTROLS = {MODELS[f].split(":")[1] for f in CONTROL_FAMILIES}
 """Control models (cemap.models.controls): untrained and small by construction, no paper or tiny size."""
 
 
 def test_every_family_has_paper_and_tiny_presets() -> None:
     families = {_family(p) for p in PRESETS} - {None}
-    tiny_families = {_family(p) for p in TINY} - {None}
+    tiny_families = {_built_class(p) for p in TINY}
     registered = {v.split(":")[1] for v in MODELS.values()}
     assert families == registered == tiny_families | CONTROLS
+
+
+def test_presets_inherit_instead_of_restating() -> None:
+    """One preset per architecture names its class; every other preset extends one through ``defaults``."""
+    stating = [_family(p) for p in PRESETS if _family(p) is not None]
+    assert len(stating) == len(set(stating)), sorted(stating)
 
 
 def test_every_registered_family_is_in_the_tiny_training_table() -> None:
