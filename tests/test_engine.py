@@ -207,6 +207,13 @@ def test_block_subset_marks_the_rest_not_computed(small_image: np.ndarray, small
     assert np.isnan(part.effects[~done]).all()
 
 
+def test_out_of_range_block_indices_are_named(small_image: np.ndarray, small_bank: np.ndarray) -> None:
+    """The message lists the offending indices (40 x 56 px at 8 px: 35 blocks), not the first ones asked for."""
+    cem = CausalEffectMap(conv_stack(3), Denoise(), device="cpu")
+    with pytest.raises(GeometryError, match=r"\[0, 35\); out of range: \[35, 40\]"):
+        cem.attribute(small_image, ROI(16, 16, 8), 8, Fixed(n_samples=1), patches=small_bank, blocks=[0, 35, 40])
+
+
 class Interrupted(RuntimeError):
     pass
 

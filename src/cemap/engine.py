@@ -484,8 +484,9 @@ def selected_blocks(n_blocks: int, blocks: Sequence[int] | None) -> np.ndarray:
     if blocks is None:
         return selected
     chosen = np.asarray(list(blocks), dtype=np.int64)
-    if chosen.size and (chosen.min() < 0 or chosen.max() >= n_blocks):
-        raise GeometryError(f"blocks must be flat indices in [0, {n_blocks}), got {sorted(set(chosen.tolist()))[:5]}...")
+    bad = sorted({int(b) for b in chosen if not 0 <= b < n_blocks})
+    if bad:
+        raise GeometryError(f"blocks must be flat indices in [0, {n_blocks}); out of range: {bad[:5]}")
     selected[:] = False
     selected[chosen] = True
     return selected
