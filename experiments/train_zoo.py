@@ -7,6 +7,8 @@
     python experiments/train_zoo.py ship --from DIR        # CPU: evaluate exported weights against their floors,
                                                            # ship those that meet them, write results/zoo tables
     python experiments/train_zoo.py compare                # retrained (train's output) against the shipped records
+    python experiments/train_zoo.py contrast --from DIR A B  # full-image PSNR of A - B paired over every trained
+                                                           # seed and test image (shipped or not: no floor bias)
     python experiments/train_zoo.py train --device cuda --slice-minutes 7 --resume-from STATE --pack OUT
                                                            # GPU lease after lease: committed steps, train for the
                                                            # slice, pack finished weights and the unfinished jobs'
@@ -283,6 +285,17 @@ def cmd_compare(args: argparse.Namespace) -> None:
         sys.exit(f"a retrained model differs from its shipped record by more than {quality.TOLERANCE_DB} dB")
 
 
+def cmd_contrast(args: argparse.Namespace) -> None:
+    from cemap.verdicts import VerdictSettings
+    from cemap.zoo import contrast
+
+    rows = contrast.contrast(load_manifest(args.manifest), Path(args.source), args.a, args.b)
+    text = contrast.render(rows, args.a, args.b, VerdictSettings())
+    print(text, end="")
+    if args.out:
+        results.atomic_write_bytes(Path(args.out), text.encode())
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--manifest", default=str(MANIFEST))
@@ -313,6 +326,13 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--table", default="results/zoo/retrain_table.md")
     c.add_argument("--zoo-dir", default=str(WEIGHTS_DIR), help="the shipped zoo to compare against")
     c.set_defaults(func=cmd_compare)
+    d = sub.add_parser("contrast", help="full-image PSNR of entry A minus entry B, paired over seeds and images, "
+                       "every trained seed (shipped or not)")
+    d.add_argument("--from", dest="source", required=True, help="folder of exported weights (train's export/)")
+    d.add_argument("a", help="entry name, e.g. rcan_dn_bench")
+    d.add_argument("b", help="entry name, e.g. rcan_dn_bench_no_ca")
+    d.add_argument("--out", default=None, help="also write the markdown table here")
+    d.set_defaults(func=cmd_contrast)
     args = ap.parse_args(argv)
     args.func(args)
 

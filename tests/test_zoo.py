@@ -207,3 +207,22 @@ def test_the_map_cli_names_a_shipped_model(smoke_zoo: Path, tmp_path: Path) -> N
     assert checkpoint["sha256"] == zoo.records(smoke_zoo / "zoo")[0]["sha256"]
     missing = subprocess.run([*run, "zoo_seed=5"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and "0 shipped models match" in missing.stderr
+
+
+def test_paired_difference_matches_hand_computed_values() -> None:
+    from cemap.verdicts import VerdictSettings
+    from cemap.zoo.contrast import paired_difference
+
+    a = {0: [30.0, 31.0], 1: [28.0, 28.0], 2: [27.0, 27.0]}  # seed 2 has no B: left out
+    b = {0: [29.0, 30.0], 1: [28.0, 29.0]}
+    d = paired_difference(a, b, VerdictSettings(n_boot=500))
+    assert d.mean == pytest.approx(0.25) and d.replicate_means == pytest.approx([1.0, -0.5])
+    assert d.n_clusters == 2 and d.n_maps == 4 and -1.0 <= d.low < 0.25 < d.high <= 1.0  # inside the cells' range
+
+
+def test_contrast_cli_of_an_entry_with_itself_is_exactly_zero(smoke_zoo: Path, tmp_path: Path) -> None:
+    out = script("--manifest", str(smoke_zoo / "smoke.yaml"), "contrast", "--from", str(smoke_zoo / "run" / "export"),
+                 "fsrcnn_bench_m2", "fsrcnn_bench_m2", "--out", str(tmp_path / "c.md"), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    text = (tmp_path / "c.md").read_text()
+    assert "| embedded_test | 0 |" in text and "**+0.00 [+0.00, +0.00]**" in text
