@@ -39,12 +39,16 @@ def author_bank() -> PatchBank:
 
 
 def pure_forward_rate(model: torch.nn.Module, shape: tuple[int, int], batch: int, device: torch.device,
-                      repeats: int = 4) -> float:
-    """Images per second of the bare model on random inputs of ``shape`` in batches of ``batch``."""
+                      repeats: int = 4, tf32: bool = False) -> float:
+    """Images per second of the bare model on random inputs of ``shape`` in batches of ``batch``, under the TF32
+    setting a map runs with (off by default, as in ``CausalEffectMap``): cuDNN's own default is TF32 *on*, which
+    would time the bare model faster than the map's convolutions can run."""
     import time
 
+    from cemap.engine import tf32_mode
+
     x = torch.rand(batch, 3, *shape, device=device)
-    with torch.inference_mode():
+    with torch.inference_mode(), tf32_mode(tf32):
         model(x)
         if device.type == "cuda":
             torch.cuda.synchronize()
