@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from cemap.checkpoint import load_checkpoint
 from cemap.config import register_configs
@@ -22,11 +22,15 @@ TINY = [p for p in PRESETS if p.endswith("_tiny")]
 WRAPPERS = ["raw", "params", "params_ema", "state_dict_module"]
 
 
-def build(preset: str, **overrides: object) -> torch.nn.Module:
+def composed(preset: str) -> DictConfig:
+    """A model preset with its ``defaults`` composed, as ``model=<preset>`` sees it."""
     register_configs()
     with initialize_config_dir(config_dir=str(REPO / "conf" / "model"), version_base="1.3"):
-        cfg = compose(preset)
-    cfg = OmegaConf.merge(cfg, overrides)
+        return compose(preset)
+
+
+def build(preset: str, **overrides: object) -> torch.nn.Module:
+    cfg = OmegaConf.merge(composed(preset), overrides)
     model, name = build_model(cfg)
     assert name == preset
     return model
@@ -40,9 +44,7 @@ def _family(preset: str) -> str | None:
 
 def _built_class(preset: str) -> str:
     """The class a preset builds once its ``defaults`` are composed."""
-    register_configs()
-    with initialize_config_dir(config_dir=str(REPO / "conf" / "model"), version_base="1.3"):
-        return str(compose(preset)._target_).rsplit(".", 1)[-1]
+    return str(composed(preset)._target_).rsplit(".", 1)[-1]
 
 
 CONTROLS = {MODELS[f].split(":")[1] for f in CONTROL_FAMILIES}
