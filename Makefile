@@ -11,15 +11,18 @@ PROFILE ?=
 # the CPU in minutes: the default of the other reproduce-* targets until their bench models ship) | paper (the
 # authors' checkpoints in CKPT_DIR, on a GPU); IMAGES=a folder of test images for the paper profile (e.g. the demo
 # images); PATCHES=the intervention patch pool (an npz bank, a folder of patches, or a folder of full images to crop
-# from, e.g. DIV2K_train_HR); JOBS=parallel map jobs (one thread each; 2 for these 2-core machines, 1 on a GPU)
+# from, e.g. DIV2K_train_HR); SUBJECTS=map only these of the profile's subjects, comma-separated (e.g. the global
+# models first on a GPU); JOBS=parallel map jobs (one thread each; 2 for these 2-core machines, 1 on a GPU)
 IMAGES ?=
 PATCHES ?=
+SUBJECTS ?=
 JOBS ?= 2
-RUNNER := $(PY) experiments/runner.py --jobs $(JOBS) $(if $(IMAGES),--images-dir $(IMAGES)) $(if $(PATCHES),--patches $(PATCHES))
+RUNNER := $(PY) experiments/runner.py --jobs $(JOBS) $(if $(IMAGES),--images-dir $(IMAGES)) $(if $(PATCHES),--patches $(PATCHES)) \
+	$(if $(SUBJECTS),--subjects $(SUBJECTS))
 
 .DEFAULT_GOAL := help
 
-help: ## Show this help (variables: PROFILE=bench|tiny|paper, JOBS, CKPT_DIR=authors' checkpoints (paper: GPU), IMAGES=image folder, PATCHES=patch pool)
+help: ## Show this help (variables: PROFILE=bench|tiny|paper, JOBS, CKPT_DIR=authors' checkpoints (paper: GPU), IMAGES=image folder, PATCHES=patch pool, SUBJECTS=some subjects only)
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
 
 $(STAMP): requirements.lock pyproject.toml

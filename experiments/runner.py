@@ -4,6 +4,7 @@
     python experiments/runner.py dn_channel_attention --profile bench # the shipped bench zoo, 128 px crops, no training
     python experiments/runner.py dn_channel_attention --profile paper --images A.png B.png   # CKPT_DIR=... on a GPU
     python experiments/runner.py dn_channel_attention --profile paper --images-dir DIR      # every image in DIR
+    python experiments/runner.py dn_channel_attention --profile paper --subjects p_dn_rcan_ca,p_dn_swinir  # only these
     python experiments/runner.py dn_channel_attention --smoke --output-root /tmp/x --results-dir /tmp/x/results
 
 Every step is a visible command (printed with a leading ``$``): ``python -m cemap.train`` for each model not yet in
@@ -167,6 +168,18 @@ def missing_input(cfg) -> str | None:  # type: ignore[no-untyped-def]
         except zoo.ZooError:
             return f"{cfg._choices['model']} ({task}, seed {cfg.zoo_seed}) is not in the shipped bench zoo yet"
     return None
+
+
+def selected(subjects: list[str], chosen: list[str] | None) -> tuple[list[str], dict[str, str]]:
+    """``--subjects``: the profile's subjects to run now, and the others with the reason, so that the report names
+    them (a GPU session can map the global models in one command and the rest in another). Unknown names stop the
+    run before any job."""
+    if not chosen:
+        return subjects, {}
+    unknown = [s for s in chosen if s not in subjects]
+    if unknown:
+        raise SystemExit(f"--subjects: {', '.join(unknown)} not among this profile's subjects ({', '.join(subjects)})")
+    return [s for s in subjects if s in chosen], {s: "not selected (--subjects)" for s in subjects if s not in chosen}
 
 
 def available(args: argparse.Namespace, subjects: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -364,12 +377,18 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=None, help="draws per block (cem.n_samples)")
     parser.add_argument("--estimator", default=None, help="fixed, reference or adaptive")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, auto")
+    parser.add_argument("--subjects", type=lambda text: [s for s in text.split(",") if s], default=None,
+                        help="comma-separated: map only these of the profile's subjects (the report names the others)")
     args = parser.parse_args()
     if args.images_dir:
         args.images = [*(args.images or []), *images_in(Path(args.images_dir))]
     started = time.perf_counter()
     cfg = experiment_config(args)
-    subjects, skipped = available(args, list(cfg.experiment.subjects))
+    subjects, unselected = selected(list(cfg.experiment.subjects), args.subjects)
+    if unselected:
+        print(f"  not selected (--subjects): {', '.join(unselected)}", flush=True)
+    subjects, skipped = available(args, subjects)
+    skipped = {**unselected, **skipped}
     idle = idle_subjects(cfg, args.profile, subjects, skipped)
     for subject, reason in idle.items():
         print(f"  {subject}: {reason}", flush=True)

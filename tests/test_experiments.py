@@ -203,6 +203,25 @@ def test_subjects_whose_every_pair_partner_is_missing_are_not_mapped(tmp_path: P
     assert list(idle) == ["b_dn_rcan_no_ca_s1"] and "dn_rcan_ca_s1" in idle["b_dn_rcan_no_ca_s1"]
 
 
+def test_subjects_option_keeps_profile_order_and_names_the_rest() -> None:
+    runner = load_runner()
+    subjects = ["p_dn_dncnn", "p_dn_rcan_ca", "p_dn_swinir", "ctl_dn_local"]
+    assert runner.selected(subjects, None) == (subjects, {})
+    keep, rest = runner.selected(subjects, ["p_dn_swinir", "p_dn_rcan_ca"])
+    assert keep == ["p_dn_rcan_ca", "p_dn_swinir"]
+    assert rest == {"p_dn_dncnn": "not selected (--subjects)", "ctl_dn_local": "not selected (--subjects)"}
+    with pytest.raises(SystemExit, match="p_dn_rcan_typo not among this profile's subjects"):
+        runner.selected(subjects, ["p_dn_rcan_typo"])
+
+
+def test_an_unknown_subject_stops_the_runner_before_any_job(tmp_path: Path) -> None:
+    run = subprocess.run([sys.executable, "experiments/runner.py", "dn_channel_attention", "--profile", "bench",
+                          "--subjects", "b_dn_dncnn,b_dn_rcan_typo", "--output-root", str(tmp_path)], cwd=REPO, text=True,
+                         capture_output=True, timeout=300)
+    assert run.returncode != 0 and "b_dn_rcan_typo not among" in run.stderr
+    assert not (tmp_path / "experiments").exists()
+
+
 def test_bench_profile_maps_with_channels_last_convolutions(tmp_path: Path) -> None:
     runner = load_runner()
     args = SimpleNamespace(experiment="dn_channel_attention", output_root=str(tmp_path), profile="bench", smoke=False,
