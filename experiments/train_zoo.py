@@ -289,8 +289,9 @@ def cmd_contrast(args: argparse.Namespace) -> None:
     from cemap.verdicts import VerdictSettings
     from cemap.zoo import contrast
 
-    rows = contrast.contrast(load_manifest(args.manifest), Path(args.source), args.a, args.b)
-    text = contrast.render(rows, args.a, args.b, VerdictSettings())
+    settings = VerdictSettings()
+    rows = contrast.contrast(load_manifest(args.manifest), Path(args.source), args.a, args.b, settings)
+    text = contrast.render(rows, args.a, args.b, settings)
     print(text, end="")
     if args.out:
         results.atomic_write_bytes(Path(args.out), text.encode())

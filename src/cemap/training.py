@@ -165,12 +165,18 @@ def baseline_scores(task: Task, images: Sequence[np.ndarray], seed: int, crop_bo
 
 
 @torch.no_grad()
+def evaluation_outputs(model: nn.Module, task: Task, images: Sequence[np.ndarray], seed: int,
+                       device: torch.device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(outputs on the CPU, targets) of ``model`` on ``images`` degraded by ``task`` as every evaluation degrades them."""
+    model.eval()
+    targets, degraded = evaluation_pairs(task, images, seed)
+    return [model(d.unsqueeze(0).to(device))[0].cpu() for d in degraded], targets
+
+
 def evaluate(model: nn.Module, task: Task, images: Sequence[np.ndarray], seed: int, device: torch.device,
              crop_border: int = 0, with_baseline: bool = True) -> EvalRow:
     """Full-image PSNR / SSIM of ``model`` on ``images`` degraded by ``task`` (seeded), and of the classical baseline."""
-    model.eval()
-    targets, degraded = evaluation_pairs(task, images, seed)
-    outputs = [model(d.unsqueeze(0).to(device))[0].cpu() for d in degraded]
+    outputs, targets = evaluation_outputs(model, task, images, seed, device)
     p, s = _mean_metrics(outputs, targets, crop_border)
     if not with_baseline:
         return EvalRow(task.name, p, s, "", float("nan"), float("nan"))

@@ -15,15 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
 from cemap.metrics import psnr
 from cemap.tasks.base import Task
-from cemap.training import evaluation_pairs
+from cemap.training import evaluation_outputs
 from cemap.verdicts import Estimate, VerdictSettings, cluster_matrix, estimate
-from cemap.zoo import load_weights
-from cemap.zoo.manifest import Job, Manifest
-from cemap.zoo.quality import eval_sets, task_of
+from cemap.zoo.manifest import Manifest
+from cemap.zoo.quality import eval_sets, load_exported, task_of
 
 
 @dataclass(frozen=True)
@@ -38,9 +36,8 @@ class SetContrast:
 
 def image_psnrs(model: torch.nn.Module, task: Task, images: Sequence[np.ndarray], seed: int) -> list[float]:
     """Full-image PSNR per image, degraded exactly as the zoo's floors evaluate them (CPU, float32)."""
-    targets, degraded = evaluation_pairs(task, images, seed)
-    with torch.inference_mode():
-        return [psnr(model.eval()(d.unsqueeze(0))[0], t).item() for d, t in zip(degraded, targets)]
+    outputs, targets = evaluation_outputs(model, task, images, seed, torch.device("cpu"))
+    return [psnr(o, t).item() for o, t in zip(outputs, targets)]
 
 
 def paired_difference(psnr_a: Mapping[int, Sequence[float]], psnr_b: Mapping[int, Sequence[float]],
@@ -53,16 +50,6 @@ def paired_difference(psnr_a: Mapping[int, Sequence[float]], psnr_b: Mapping[int
     return estimate(matrix, n_values, settings)
 
 
-def exported_model(source: Path, job: Job) -> torch.nn.Module | None:
-    """The float16 weights of one job in a training run's export folder, as float32 (None when not trained)."""
-    weights = source / f"{job.key}.safetensors"
-    if not weights.is_file():
-        return None
-    config = OmegaConf.to_container(OmegaConf.load(source / f"{job.key}.config.yaml"), resolve=True)
-    assert isinstance(config, dict)
-    return load_weights(config["model"], weights)
-
-
 def seed_psnrs(manifest: Manifest, source: Path, entry: str) -> dict[str, dict[int, list[float]]]:
     """Per evaluation set, per trained seed of ``entry``: full-image PSNR of every image."""
     crop, seed = int(manifest.eval.get("test_crop", 256)), int(manifest.eval.get("seed", 0))
@@ -70,9 +57,9 @@ def seed_psnrs(manifest: Manifest, source: Path, entry: str) -> dict[str, dict[i
     for job in manifest.select([entry]):
         if job.task is None:
             raise ValueError(f"{entry} is a multi-task entry; contrast single-task entries")
-        model = exported_model(source, job)
-        if model is None:
-            continue
+        if not (source / f"{job.key}.safetensors").is_file():
+            continue  # not trained in this run
+        _, model = load_exported(source, job)
         for set_name, images in eval_sets(crop).items():
             out.setdefault(set_name, {})[job.seed] = image_psnrs(model, task_of(job.task), images, seed)
     return out

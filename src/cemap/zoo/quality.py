@@ -105,12 +105,17 @@ def floor_check(kind: str, scores: dict[str, dict], floors: dict[str, float]) ->
     return misses
 
 
-def provenance(job: Job, source: Path, manifest: Manifest, runs: dict[str, dict]) -> dict[str, Any]:
-    """Evaluate one exported job and assemble its record (floor met or not)."""
+def load_exported(source: Path, job: Job) -> tuple[dict[str, Any], torch.nn.Module]:
+    """One job of a training run's export folder: its resolved training config and its float16 weights as float32."""
     config = OmegaConf.to_container(OmegaConf.load(source / f"{job.key}.config.yaml"), resolve=True)
     assert isinstance(config, dict)
+    return config, load_weights(config["model"], source / f"{job.key}.safetensors")
+
+
+def provenance(job: Job, source: Path, manifest: Manifest, runs: dict[str, dict]) -> dict[str, Any]:
+    """Evaluate one exported job and assemble its record (floor met or not)."""
+    config, model = load_exported(source, job)
     weights = source / f"{job.key}.safetensors"
-    model = load_weights(config["model"], weights)
     trained = json.loads((source / f"{job.key}.eval.json").read_text())
     scores = measure(model, job, manifest)
     misses = floor_check(job.floor, scores, manifest.floors)
