@@ -165,6 +165,21 @@ class PixelDecomposition:
         cropped_clean, (cropped_roi,) = plan.crop_output(inputs.clean, [inputs.roi], self.task.scale)
         return plan.window, cropped_clean, cropped_roi
 
+    def _converged_share(self, x0: torch.Tensor, xs: torch.Tensor, base: torch.Tensor, clean: torch.Tensor,
+                         roi: ROI) -> tuple[torch.Tensor, float, float, int]:
+        """Pixel shares of one block's interventions ``xs``: integrated gradients along the straight path, with the
+        steps doubled until the shares add up to the block's effect (completeness) or ``max_steps`` is reached.
+        Returns (shares, effect, completeness gap, steps used)."""
+        values, _ = self._metric_and_grad(xs, clean, roi)
+        effect = float(base - values.mean())
+        steps = self.steps
+        while True:
+            share = -self._integrated(x0, xs - x0, clean, roi, steps).mean(dim=0)
+            gap = abs(float(share.sum()) - effect) / max(abs(effect), 1e-12)
+            if gap <= COMPLETENESS_TOL or steps >= self.max_steps:
+                return share, effect, gap, steps
+            steps = min(2 * steps, self.max_steps)
+
     def attribute(
         self,
         clean: torch.Tensor | np.ndarray,
@@ -198,18 +213,9 @@ class PixelDecomposition:
         for k in chosen.tolist():
             xs = inputs.interventions(self.task, k, n_interventions, seed, self.device)
             xs = window.crop(xs).contiguous() if window else xs
-            values, _ = self._metric_and_grad(xs, scored_clean, scored_roi)
+            share, effect, gap, steps = self._converged_share(x0, xs, base[0], scored_clean, scored_roi)
             with torch.inference_mode():
                 rounded_values = ROIPSNR()(self.model(xs), scored_clean, scored_roi)
-            effect = float(base[0] - values.mean())
-            steps = self.steps
-            while True:
-                ig = self._integrated(x0, xs - x0, scored_clean, scored_roi, steps)
-                share = -ig.mean(dim=0)
-                gap = abs(float(share.sum()) - effect) / max(abs(effect), 1e-12)
-                if gap <= COMPLETENESS_TOL or steps >= self.max_steps:
-                    break
-                steps = min(2 * steps, self.max_steps)
             placed = np.zeros(full_shape, dtype=np.float32)
             if window:
                 placed[:, window.y0 : window.y1, window.x0 : window.x1] = share.cpu().numpy()
@@ -246,6 +252,7 @@ class FirstOrderMap:
     """First-order preview of the whole CEM from one backward pass (see the module docstring), with the protocol
     every attribution method here shares: built from (model, task, metric, device), ``attribute(clean, roi, ...)``.
     Like the engine, it moves the model to ``device`` and sets eval mode (no copy)."""
+
 
     def __init__(self, model: ImageModel, task: Task, metric: ROIMetric | None = None,
                  device: str | torch.device = "auto") -> None:
