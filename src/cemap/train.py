@@ -190,15 +190,9 @@ def train(cfg: DictConfig) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     warn_if_ema_keeps_init(cfg.train)
-    torch.manual_seed(cfg.seed)
-    model, model_name = build_model(cfg.model)
-    model.to(device)
     s, tasks, last = cfg.train, tasks_of(cfg), directory / LAST
+    model, model_name, ema, optimizer, start = training_state(cfg, device, last)
     sampler = PatchSampler(_images(cfg.data), tasks, s.patch_size, s.batch_size, cfg.seed)
-    optimizer = make_optimizer(model.parameters(), s.optimizer, s.lr, s.betas, s.weight_decay)
-    ema = EMA(model, s.ema_decay)
-    start = resume_training(last, model, ema, optimizer)
-    ema.model.to(device)
     net: torch.nn.Module = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -242,6 +236,21 @@ def train(cfg: DictConfig) -> Path:
     logger.finish()
     stop_processes(world)
     return final
+
+
+def training_state(cfg: DictConfig, device: torch.device,
+                   last: Path) -> tuple[nn.Module, str, EMA, torch.optim.Optimizer, int]:
+    """The seeded model, its EMA and optimizer, resumed from ``last.pth`` when there is one; returns them with the
+    model's name and the step to start from."""
+    s = cfg.train
+    torch.manual_seed(cfg.seed)
+    model, model_name = build_model(cfg.model)
+    model.to(device)
+    optimizer = make_optimizer(model.parameters(), s.optimizer, s.lr, s.betas, s.weight_decay)
+    ema = EMA(model, s.ema_decay)
+    start = resume_training(last, model, ema, optimizer)
+    ema.model.to(device)
+    return model, model_name, ema, optimizer, start
 
 
 def start_processes(device_name: str) -> tuple[int, int, torch.device]:
