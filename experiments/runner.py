@@ -313,6 +313,7 @@ def analyse(args: argparse.Namespace, cfg, names: list[str],  # type: ignore[no-
     node = profile_block(experiment, args.profile)
     roles = node.get("roles") or {}
     experiment["subjects"] = [canonical(s, args.profile, roles) for s in names]
+    experiment["played_by"] = {role: s for role, s in roles.items() if s in names}  # named in the report's tables
     # why a test's model has no maps here: the profile has no such model (its ``unavailable``), or it was skipped
     experiment["unavailable"] = {**(node.get("unavailable") or {}),
                                  **{canonical(s, args.profile, roles): r for s, r in (skipped or {}).items()}}

@@ -203,3 +203,13 @@ def test_a_test_without_any_maps_is_not_testable_and_names_what_is_missing() -> 
     partial = run_test(table, pooled(below=0.1, subjects=("model", "no_such_model"), controls=controls), SETTINGS)
     assert partial.verdict == SUPPORTED and partial.what == "model" and partial.missing == ["no_such_model"]
     assert overall([absent]) == NOT_TESTABLE and overall([absent, partial]) == SUPPORTED
+
+
+def test_a_role_played_by_another_model_names_that_model_in_the_tables() -> None:
+    from types import SimpleNamespace
+
+    from cemap.report import model_label
+
+    a = SimpleNamespace(experiment={"played_by": {"sr_fsrcnn_m2": "b_sr_fsrcnn_m4"}})
+    assert model_label(a, "sr_fsrcnn_m2") == "sr_fsrcnn_m2 (played by b_sr_fsrcnn_m4)"  # type: ignore[arg-type]
+    assert model_label(a, "sr_fsrcnn_m8") == "sr_fsrcnn_m8"  # type: ignore[arg-type]

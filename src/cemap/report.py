@@ -248,6 +248,14 @@ def outcome_rows(outcomes: Sequence[TestOutcome]) -> list[str]:
     return rows
 
 
+def model_label(a: Analysis, subject: str) -> str:
+    """A model's name in the tables: its role, and the model that plays it where a profile maps the role to another
+    (the bench FSRCNN m4 plays sr_fsrcnn_m2, the shallow member of the depth pair), so no reader takes one for the
+    other."""
+    played_by = (a.experiment.get("played_by") or {}).get(subject)
+    return f"{subject} (played by {played_by})" if played_by else subject
+
+
 def summary_markdown(a: Analysis, extra: Sequence[str] = ()) -> list[str]:
     expected, s = a.experiment["expected"], a.settings
     n_images = len({r.image for r in a.records})
@@ -263,7 +271,7 @@ def summary_markdown(a: Analysis, extra: Sequence[str] = ()) -> list[str]:
           "", "| model | group | " + " | ".join(stat_names) + " |", "|---|---|" + "---|" * len(stat_names)]
     for subject in a.subjects:
         cells = [fmt_interval(e, k) for k, e in a.per_subject[subject].items()]
-        md.append(f"| {subject} | {a.groups.get(subject, '?')} | " + " | ".join(cells) + " |")
+        md.append(f"| {model_label(a, subject)} | {a.groups.get(subject, '?')} | " + " | ".join(cells) + " |")
     md += ["", *extra, "", "Figures: map_grid.png (ROI 0 of each image, one colour scale per row), "
            "effect_vs_distance.png, sign_shares.png, radius_vs_psnr.png. Statistics per map in summary.csv."]
     return md
@@ -378,7 +386,7 @@ def _html(a: Analysis, figures: dict[str, bytes]) -> str:
         tests=[outcome_view(a, o) for o in a.tests], contrasts=[outcome_view(a, o) for o in a.contrasts],
         ci=f"{s.ci_level:.0%}", columns=columns, units={k: STATISTIC_UNITS.get(k, "") for k in used},
         glossary={k: STATISTIC_GLOSSARY.get(k, "") for k in used}, glossary_used=used,
-        models=[{"name": sub, "group": a.groups.get(sub, "?"),
+        models=[{"name": model_label(a, sub), "group": a.groups.get(sub, "?"),
                  "cells": [fmt_interval(e, k) for k, e in a.per_subject[sub].items()]} for sub in a.subjects],
         figures=[{"name": n, "data": base64.b64encode(d).decode(), "caption": CAPTIONS.get(n, "")}
                  for n, d in figures.items()])
