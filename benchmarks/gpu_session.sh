@@ -8,8 +8,8 @@
 # 2. the paper profile of dn_channel_attention at the paper's geometry (256 px demo image, the 3 ROIs of 32 px, 8 px
 #    blocks, reference estimator) on the authors' checkpoint layouts with seeded weights (tests/paper_checkpoints.py;
 #    the real DnCNN for p_dn_dncnn): the wall time of every subject's map ("[i/n] subject image: ... in S s"), until
-#    PAPER_S seconds. Synthesised weights make the timings count, not the maps. The finished maps come back in
-#    $OUT/paper_maps.tar for the analysis here. PAPER_SUBJECTS=a,b,... maps only those (e.g. the global subjects
+#    PAPER_S seconds (0: skip this part). Synthesised weights make the timings count, not the maps. The finished
+#    maps come back in $OUT/paper_maps.tar for the analysis here. PAPER_SUBJECTS=a,b,... maps only those (e.g. the global subjects
 #    the last lease did not reach: p_dn_rcan_ca,p_dn_swinir,p_dn_restormer,p_sr_rcan_ca). For the analysis:
 #      tar -xf paper_maps.tar -C /tmp/p && python experiments/runner.py dn_channel_attention --profile paper \
 #        --stage analyse --output-root /tmp/p --images ../shared/reference/images/demo_2.png --results-dir /tmp/p/r
@@ -26,6 +26,8 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --f
 if [ "$DEVICE" = cuda ]; then
   PY=python3 timeout "${GPU_CHECK_S:-240}" bash benchmarks/gpu_check.sh || echo "gpu_check stopped (status $?)"
 fi
+
+[ "${PAPER_S:-300}" = 0 ] && exit 0   # PAPER_S=0: the GPU figures only (a lease that also trains the zoo)
 
 python3 - <<'EOF'
 from pathlib import Path
