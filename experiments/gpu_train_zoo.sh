@@ -12,7 +12,8 @@
 #      run(command="ZOO_SLICE=7.3 ZOO_ONLY='rcan_dn_bench rcan_dn_bench_no_ca' bash experiments/gpu_train_zoo.sh",
 #          carry=[".whl", ".zoo_state"], timeout_s=590)
 # ZOO_REPRO="" drops the same-seed repeats (the default repeats dncnn_bench-s0 and rcan_bench-s0 to check that
-# the GPU is deterministic). Output: $OUT/zoo_<i>.tar (weights, eval.json, metrics.csv, leases.json, calibration). Locally afterwards:
+# the GPU is deterministic). ZOO_STEPS=N trains every selected job for N steps instead of the committed ones (a
+# lease that retrains shipped seeds on a new recipe; conf/zoo/bench.yaml takes N when they ship). Output: $OUT/zoo_<i>.tar (weights, eval.json, metrics.csv, leases.json, calibration). Locally afterwards:
 # python experiments/train_zoo.py ship --from <folder> (finished jobs), and in mode 1 write the calibrated steps
 # (calibration.json) into conf/zoo/bench.yaml. Runs so far: results/zoo/gpu_runs.md.
 set -u
@@ -28,5 +29,6 @@ else
   mode=(--calibrate "${CALIBRATE_S:-60}" --budget-minutes "${BUDGET_MIN:-7.3}" --grace-minutes 0.7
         --repro ${ZOO_REPRO-dncnn_bench-s0 rcan_bench-s0})
 fi
-python3 experiments/train_zoo.py train --device cuda "${mode[@]}" "${select[@]}" --output-root /tmp/zoo --pack "$OUT"
+python3 experiments/train_zoo.py train --device cuda "${mode[@]}" "${select[@]}" ${ZOO_STEPS:+--steps "$ZOO_STEPS"} \
+  --output-root /tmp/zoo --pack "$OUT"
 nvidia-smi --query-gpu=name,memory.used --format=csv

@@ -307,7 +307,8 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--output-root", default="outputs/zoo")
     t.add_argument("--device", default="auto")
     t.add_argument("--parallel", type=int, default=0, help="jobs at once (0: all)")
-    t.add_argument("--steps", type=int, default=None, help="override every job's steps (smoke tests)")
+    t.add_argument("--steps", type=int, default=None,
+                   help="override every job's steps (smoke tests; a lease that retrains shipped seeds on a new recipe)")
     t.add_argument("--calibrate", type=float, default=0.0, help="seconds of throughput probing; then steps fit the budget")
     t.add_argument("--budget-minutes", type=float, default=7.0)
     t.add_argument("--grace-minutes", type=float, default=1.0)
