@@ -94,7 +94,7 @@ def test_facade_data_presets_add_facades_to_the_data_they_extend() -> None:
     for preset in ("train_default", "train_facades", "train_extended", "train_extended_facades"):
         cfg = compose_config("training", ["model=edsr_bench_d4", "task=sr_x4", "train=bench_sr", f"data={preset}"])
         sets[preset] = OmegaConf.to_container(cfg.data.sets)
-    facades = {"_target_": "cemap.data.FacadeSet", "n_images": 4, "size": 384, "seed": 0}
+    facades = {"_target_": "cemap.data.FacadeSet", "n_images": 4, "size": 384, "seed": 0, "panels": 6, "tilt": 0.3}
     assert sets["train_facades"] == sets["train_default"] + [facades]
     assert sets["train_extended_facades"] == sets["train_extended"] + [facades]
     assert all(s.get("split") != "test" for s in sets["train_extended_facades"])

@@ -290,16 +290,19 @@ class DeadLeavesSet:
 
 @dataclass
 class FacadeSet:
-    """``n_images`` seeded man-made periodic scenes of ``size`` px (:func:`facade`)."""
+    """``n_images`` seeded man-made periodic scenes of ``size`` px (:func:`facade`: ``panels`` occluding panels,
+    corners moved by up to ``tilt``)."""
 
     n_images: int = 4
     size: int = 384
     seed: int = 0
+    panels: int = 6
+    tilt: float = 0.3
 
     def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
         for i in range(self.n_images):
             rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(i,)))
-            yield f"facade_{self.seed}_{i}", facade(self.size, rng)
+            yield f"facade_{self.seed}_{i}", facade(self.size, rng, self.panels, self.tilt)
 
 
 @dataclass
