@@ -13,7 +13,8 @@
 #          carry=[".whl", ".zoo_state"], timeout_s=590)
 # ZOO_REPRO="" drops the same-seed repeats (the default repeats dncnn_bench-s0 and rcan_bench-s0 to check that
 # the GPU is deterministic). ZOO_STEPS=N trains every selected job for N steps instead of the committed ones (a
-# lease that retrains shipped seeds on a new recipe; conf/zoo/bench.yaml takes N when they ship). Output: $OUT/zoo_<i>.tar (weights, eval.json, metrics.csv, leases.json, calibration). Locally afterwards:
+# lease that retrains shipped seeds on a new recipe; conf/zoo/bench.yaml takes N when they ship). Output:
+# $OUT/zoo_<i>.tar (weights, eval.json, metrics.csv, leases.json, calibration). Locally afterwards:
 # python experiments/train_zoo.py ship --from <folder> (finished jobs), and in mode 1 write the calibrated steps
 # (calibration.json) into conf/zoo/bench.yaml. Runs so far: results/zoo/gpu_runs.md.
 set -u
