@@ -9,8 +9,8 @@
 #    blocks, reference estimator) on the authors' checkpoint layouts with seeded weights (tests/paper_checkpoints.py;
 #    the real DnCNN for p_dn_dncnn): the wall time of every subject's map ("[i/n] subject image: ... in S s"), until
 #    PAPER_S seconds (0: skip this part). Synthesised weights make the timings count, not the maps. The finished
-#    maps come back in $OUT/paper_maps.tar for the analysis here. PAPER_SUBJECTS=a,b,... maps only those (e.g. the global subjects
-#    the last lease did not reach: p_dn_rcan_ca,p_dn_swinir,p_dn_restormer,p_sr_rcan_ca). For the analysis:
+#    maps come back in $OUT/paper_maps.tar for the analysis here. PAPER_SUBJECTS=a,b,... maps only those (e.g. the
+#    global subjects the last lease did not reach: p_dn_rcan_ca,p_dn_swinir,p_dn_restormer,p_sr_rcan_ca). Analysis:
 #      tar -xf paper_maps.tar -C /tmp/p && python experiments/runner.py dn_channel_attention --profile paper \
 #        --stage analyse --output-root /tmp/p --images ../shared/reference/images/demo_2.png --results-dir /tmp/p/r
 set -u

@@ -246,8 +246,11 @@ def facade(size: int, rng: np.random.Generator, panels: int = 6, tilt: float = 0
     palette = natural_palette()
     img = np.empty((n, n, 3), dtype=np.float64)
     for i in range(panels + 1):  # the first panel covers everything: no flat background
-        lo, hi = (np.full(2, -1.0), np.full(2, 2.0)) if i == 0 else (rng.uniform(-0.2, 0.9, 2), None)
-        hi = hi if hi is not None else lo + rng.uniform(0.15, 0.7, 2)
+        if i == 0:
+            lo, hi = np.full(2, -1.0), np.full(2, 2.0)
+        else:
+            lo = rng.uniform(-0.2, 0.9, 2)
+            hi = lo + rng.uniform(0.15, 0.7, 2)
         inside = (u >= lo[0]) & (u < hi[0]) & (v >= lo[1]) & (v < hi[1])
         colours = _contrasting_pair(palette, rng)
         first = _periodic_panel(u, v, size, rng)
