@@ -34,7 +34,7 @@ from cemap.analysis import load_sweep
 from cemap.config import compose_config, experiment_variants, training_overrides
 from cemap.report import fmt_interval, fmt_value, missing_reason, write_report
 from cemap.results import image_stem, sweep_dir
-from cemap.stats import STATISTIC_UNITS
+from cemap.stats import statistic_unit
 from cemap.train import FINAL, run_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -227,7 +227,7 @@ def idle_subjects(cfg, profile: str, subjects: list[str],  # type: ignore[no-unt
     missing = {*(sweep_node.get("unavailable") or {}), *(canonical(s, profile, roles) for s in skipped)}
     named, useful, partners = set(), set(), {}
     for test in [*node["expected"].get("tests", []), *node["expected"].get("contrasts", [])]:
-        useful.update(test.get("subjects") or [])
+        useful.update([*(test.get("subjects") or []), *(m for series in test.get("series") or [] for m in series)])
         for a, b in test.get("pairs") or []:
             named.update((a, b))
             partners.setdefault(a, []).append(b)
@@ -331,7 +331,7 @@ def analyse(args: argparse.Namespace, cfg, names: list[str],  # type: ignore[no-
     print(f"\n{experiment['name']} ({args.profile}): {verdict['verdict']}  ({verdict['maps']} maps)")
     for t in [*verdict["tests"], *verdict["contrasts"]]:
         controls = ", ".join(f"{role} {c['verdict']}" for role, c in t["controls"].items()) or "no controls"
-        unit = STATISTIC_UNITS.get(t["statistic"], "")
+        unit = statistic_unit(t["statistic"])
         print(f"  {t['verdict']:14s} {t['name']}: {t['statistic']} of {t['what']} = {fmt_interval(t, t['statistic'])} "
               f"(n={t['n']} crops), threshold {t['threshold']}; {controls}; "
               f"resolves +/-{fmt_value(t['half_width'], unit)}")

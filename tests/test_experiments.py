@@ -275,6 +275,7 @@ def test_every_role_a_test_names_has_a_subject_or_a_reason_in_every_profile(expe
     cfg = compose_config("run", [f"experiment={experiment}"]).experiment
     specs = [*cfg.expected.tests, *cfg.expected.contrasts]
     named = {s for t in specs for s in (t.subjects or [])} | {s for t in specs for p in (t.pairs or []) for s in p}
+    named |= {s for t in specs for series in (t.series or []) for s in series}
     named |= {s for t in cfg.expected.tests for c in (t.controls or {}).values() for item in c
               for s in ([item] if isinstance(item, str) else item)}
     for profile in ("bench", "paper"):

@@ -9,6 +9,7 @@ import pytest
 
 from cemap.results import STATUS_ESTIMATED, STATUS_STRUCTURAL_ZERO, CEMResult
 from cemap.stats import far_excess_power, map_statistics
+from cemap.validation import SettingError
 from cemap.verdicts import (INCONCLUSIVE, NO_POWER, NOT_SUPPORTED, NOT_TESTABLE, REPORTED, SUPPORTED, Estimate,
                             TestOutcome, VerdictSettings, cluster_matrix, decide, estimate, overall, photograph,
                             run_test, run_tests)
@@ -213,3 +214,34 @@ def test_a_role_played_by_another_model_names_that_model_in_the_tables() -> None
     a = SimpleNamespace(experiment={"played_by": {"sr_fsrcnn_m2": "b_sr_fsrcnn_m4"}})
     assert model_label(a, "sr_fsrcnn_m2") == "sr_fsrcnn_m2 (played by b_sr_fsrcnn_m4)"  # type: ignore[arg-type]
     assert model_label(a, "sr_fsrcnn_m8") == "sr_fsrcnn_m8"  # type: ignore[arg-type]
+
+
+def test_a_series_reports_the_slope_over_a_sweeps_models() -> None:
+    # x (the models' receptive radius) 8, 11, 12. Crop A: y = x - 6 -> slope 1; crop B: y constant -> 0; crop C's ROIs
+    # give slopes 1 and 0 -> 0.5; crop D has one model only -> no slope. Mean over crops (1 + 0 + 0.5) / 3 = 0.5
+    ys = {"m8": {"A": [2.0], "B": [1.0], "C": [0.0, 0.0], "D": [3.0]},
+          "m11": {"A": [5.0], "B": [1.0], "C": [3.0, 0.0]},
+          "m12": {"A": [6.0], "B": [1.0], "C": [4.0, 0.0]}}
+    x = {"m8": 8.0, "m11": 11.0, "m12": 12.0}
+    table = {(m, crop, roi): {"s": y, "x": x[m]} for m, crops in ys.items() for crop, values in crops.items()
+             for roi, y in enumerate(values)}
+    spec = {"name": "trend", "statistic": "s", "against": "x", "series": [["m8", "m11", "m12", "absent"]]}
+    out = run_test(table, spec, SETTINGS)
+    assert out.verdict == REPORTED and out.statistic == "s/x"
+    assert out.estimate.mean == pytest.approx(0.5) and out.estimate.n_clusters == 3
+    assert 0.0 <= out.estimate.low <= 0.5 <= out.estimate.high <= 1.0
+    assert out.what == "trend over m8, m11, m12" and out.missing == ["absent"]
+    flat = run_test(table, {**spec, "series": [["m8", "m11"]], "supported_above": 0.0}, SETTINGS)
+    assert flat.estimate.mean == pytest.approx((1.0 + 0.0 + 0.5) / 3)  # two points: the slope (y11 - y8) / 3
+    none = run_test(table, {**spec, "series": [["absent", "gone"]]}, SETTINGS)
+    assert none.verdict == REPORTED and none.estimate.n_clusters == 0 and none.missing == ["absent", "gone"]
+    with pytest.raises(SettingError, match="against"):
+        run_test(table, {**spec, "against": None}, SETTINGS)
+
+
+def test_slope_needs_two_distinct_x() -> None:
+    from cemap.verdicts import slope
+
+    assert slope(np.array([1.0, 3.0]), np.array([0.0, 1.0])) == pytest.approx(0.5)
+    assert math.isnan(slope(np.array([2.0, 2.0]), np.array([0.0, 1.0])))
+    assert math.isnan(slope(np.array([2.0, np.nan]), np.array([0.0, 1.0])))

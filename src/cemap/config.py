@@ -121,14 +121,17 @@ class WandbRunConfig:
 
 @dataclass
 class TestSpec:
-    """A pre-stated test (``cemap.verdicts``): ``statistic`` over ``subjects``, or over ``pairs`` (a - b), against
-    ``supported_below`` / ``supported_above``. ``controls``: ``positive`` / ``negative`` -> subjects (or pairs) built
-    to have / not to have the claimed property; a misspelt statistic fails when the config is composed."""
+    """A pre-stated test (``cemap.verdicts``): ``statistic`` over ``subjects``, over ``pairs`` (a - b), or its slope
+    against the statistic ``against`` over each of ``series`` (a sweep's models), against ``supported_below`` /
+    ``supported_above``. ``controls``: ``positive`` / ``negative`` -> subjects (or pairs) built to have / not to have
+    the claimed property; a misspelt statistic fails when the config is composed."""
 
     name: str = MISSING
     statistic: Statistic = MISSING
     subjects: list[str] = field(default_factory=list)
     pairs: list[list[str]] = field(default_factory=list)
+    series: list[list[str]] = field(default_factory=list)
+    against: Optional[Statistic] = None
     supported_below: Optional[float] = None
     supported_above: Optional[float] = None
     abs: bool = False

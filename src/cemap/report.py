@@ -28,7 +28,7 @@ from cemap.data import load_image
 from cemap.imageio import ImageError
 from cemap.figures import CMAP, color_bound, draw_map
 from cemap.results import STATUS_NOT_COMPUTED, CEMResult
-from cemap.stats import STATISTIC_GLOSSARY, STATISTIC_UNITS, effect_profile
+from cemap.stats import effect_profile, statistic_meaning, statistic_unit
 from cemap.validation import SettingError
 from cemap.verdicts import Estimate, TestOutcome
 
@@ -211,7 +211,7 @@ def fmt_value(x: float | None, unit: str = "") -> str:
 def fmt_interval(e: Estimate | dict[str, Any], statistic: str = "") -> str:
     """``estimate [low, high]`` in the statistic's unit."""
     m, lo, hi = (e.mean, e.low, e.high) if isinstance(e, Estimate) else (e["mean"], e["low"], e["high"])
-    unit = STATISTIC_UNITS.get(statistic, "")
+    unit = statistic_unit(statistic)
     if not math.isfinite(m):
         return "\u2013"
     return f"{fmt_value(m, unit)} [{fmt_value(lo, unit)}, {fmt_value(hi, unit)}]"
@@ -239,7 +239,7 @@ def outcome_rows(outcomes: Sequence[TestOutcome]) -> list[str]:
     for o in outcomes:
         e = o.estimate
         verdict = o.verdict if o.verdict == o.raw_verdict else f"{o.verdict} (interval alone: {o.raw_verdict})"
-        unit = STATISTIC_UNITS.get(o.statistic, "")
+        unit = statistic_unit(o.statistic)
         what = o.what + (f" (no maps: {'; '.join(o.missing)})" if o.missing else "")
         rows.append(f"| {o.name} | {o.statistic} | {what} | {fmt_interval(e, o.statistic)} | {e.n_clusters} | "
                     f"{fmt_value(e.replicate_spread, unit)} | {o.threshold} | {_controls(o)} | "
@@ -340,8 +340,8 @@ def _threshold(spec: dict[str, Any], unit: str) -> str:
 def outcome_view(a: Analysis, o: TestOutcome) -> dict[str, Any]:
     """One test as a sentence ("<what it measures>: 0.8% [0.3%, 1.3%] over 12 crops (of ...); supported below 10%")
     with its controls, for the template."""
-    spec, unit = _spec(a, o.name), STATISTIC_UNITS.get(o.statistic, "")
-    what = spec.get("description") or STATISTIC_GLOSSARY.get(o.statistic, o.statistic)
+    spec, unit = _spec(a, o.name), statistic_unit(o.statistic)
+    what = spec.get("description") or statistic_meaning(o.statistic) or o.statistic
     e = o.estimate
     threshold = _threshold(spec, unit)
     value = f"{fmt_interval(e, o.statistic)} over {e.n_clusters} crops ({o.what})" if e.n_clusters else "no maps"
@@ -384,8 +384,8 @@ def _html(a: Analysis, figures: dict[str, bytes]) -> str:
         verdict_class=VERDICT_CLASS.get(a.verdict, ""), n_maps=len(a.records), n_subjects=len(a.subjects),
         n_images=len({r.image for r in a.records}), n_rois=len({r.roi for r in a.records}), method=method,
         tests=[outcome_view(a, o) for o in a.tests], contrasts=[outcome_view(a, o) for o in a.contrasts],
-        ci=f"{s.ci_level:.0%}", columns=columns, units={k: STATISTIC_UNITS.get(k, "") for k in used},
-        glossary={k: STATISTIC_GLOSSARY.get(k, "") for k in used}, glossary_used=used,
+        ci=f"{s.ci_level:.0%}", columns=columns, units={k: statistic_unit(k) for k in used},
+        glossary={k: statistic_meaning(k) for k in used}, glossary_used=used,
         models=[{"name": model_label(a, sub), "group": a.groups.get(sub, "?"),
                  "cells": [fmt_interval(e, k) for k, e in a.per_subject[sub].items()]} for sub in a.subjects],
         figures=[{"name": n, "data": base64.b64encode(d).decode(), "caption": CAPTIONS.get(n, "")}

@@ -126,6 +126,14 @@ STATISTIC_UNITS: dict[str, str] = {
 }
 """The unit of each statistic (how a report prints it: shares as percentages, powers in scientific notation)."""
 
+
+def statistic_unit(label: str) -> str:
+    """The unit of a statistic, or of a slope ``a/b`` (``dB/px``: printed as a plain number)."""
+    if "/" in label:
+        a, b = label.split("/", 1)
+        return f"{STATISTIC_UNITS.get(a, '')}/{STATISTIC_UNITS.get(b, '')}"
+    return STATISTIC_UNITS.get(label, "")
+
 STATISTIC_GLOSSARY: dict[str, str] = {
     "origin_psnr": "PSNR of the ROI without any intervention (the model's own quality where the map looks).",
     "image_psnr": "PSNR of the whole crop without any intervention.",
@@ -149,6 +157,15 @@ STATISTIC_GLOSSARY: dict[str, str] = {
     "missed_fraction": "Of the blocks a coarse-to-fine screen skipped, the share an exhaustive map finds significant.",
 }
 """One sentence per statistic: the glossary of every report."""
+
+
+def statistic_meaning(label: str) -> str:
+    """The glossary's sentence for a statistic, or for a slope ``a/b`` over a sweep's models."""
+    if "/" in label:
+        a, b = label.split("/", 1)
+        return (f"Least-squares slope of {a} against {b} over a sweep's models, per crop and ROI: how much {a} "
+                f"changes per unit of {b}.")
+    return STATISTIC_GLOSSARY.get(label, "")
 
 
 def pixel_gap(result: CEMResult) -> np.ndarray:

@@ -1,9 +1,11 @@
 """From per-map statistics to the verdicts of pre-stated tests: pure functions, no files, no figures.
 
 A test (an entry of an experiment's ``expected.tests``) names a statistic (``cemap.stats.Statistic``) and either
-``subjects`` (the statistic itself, pooled over those models) or ``pairs`` of subjects (the difference a - b on the
-same crop and ROI, or a two-map statistic such as ``map_correlation``), plus a threshold stated before the run
-(``supported_below`` or ``supported_above``).
+``subjects`` (the statistic itself, pooled over those models), ``pairs`` of subjects (the difference a - b on the
+same crop and ROI, or a two-map statistic such as ``map_correlation``) or ``series`` of subjects with a statistic
+``against`` (the least-squares slope of the statistic against the other over a sweep's models on the same crop and
+ROI: a trend over three or more depths, where a pair sees two), plus a threshold stated before the run
+(``supported_below`` or ``supported_above``; a contrast has none).
 
 Sampling units. The three ROIs of one crop share the crop's content, so they are averaged into one value per
 *cluster* before anything else; a cluster is the crop (``cluster: crop``, for non-overlapping crops) or the
@@ -119,18 +121,58 @@ def statistic_of(spec: Mapping[str, Any]) -> str:
     return str(getattr(spec["statistic"], "value", spec["statistic"]))
 
 
+def label_of(spec: Mapping[str, Any]) -> str:
+    """What a test's number is: the statistic, or for a series its slope (``effective_radius_px/receptive_radius_px``:
+    px of effective radius per px of receptive radius)."""
+    stat = statistic_of(spec)
+    if kind(spec) != "series":
+        return stat
+    if not spec.get("against"):
+        raise SettingError(f"test {spec.get('name')!r}: a series needs the statistic it is against (against: ...)")
+    return f"{stat}/{getattr(spec['against'], 'value', spec['against'])}"
+
+
+def kind(spec: Mapping[str, Any]) -> str:
+    """How a test forms its replicates: ``series`` (a slope over models), ``pairs`` (a - b) or ``subjects``."""
+    return "series" if spec.get("series") else "pairs" if spec.get("pairs") else "subjects"
+
+
 def replicates(spec: Mapping[str, Any]) -> list[tuple[str, ...]]:
-    """The subjects (1-tuples) or pairs (2-tuples) a test is about."""
-    if spec.get("pairs"):
-        return [tuple(p) for p in spec["pairs"]]
-    return [(s,) for s in spec.get("subjects", [])]
+    """The subjects (1-tuples), pairs (2-tuples) or series (the members of each) a test is about."""
+    if kind(spec) == "subjects":
+        return [(s,) for s in spec.get("subjects", [])]
+    return [tuple(p) for p in spec[kind(spec)]]
+
+
+def slope(x: np.ndarray, y: np.ndarray) -> float:
+    """Least-squares slope of y on x over the finite points; NaN with fewer than two distinct x."""
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if len(np.unique(x)) < 2:
+        return float("nan")
+    xc = x - x.mean()
+    return float(xc @ (y - y.mean()) / (xc @ xc))
+
+
+def series_slopes(table: Table, statistic: str, against: str,
+                  members: Sequence[str]) -> dict[tuple[str, int], float]:
+    """Per (image, roi): the slope of ``statistic`` against ``against`` over the series' models with maps there
+    (NaN where fewer than two models with distinct x have one)."""
+    points: dict[tuple[str, int], list[tuple[float, float]]] = defaultdict(list)
+    for (s, i, r), row in table.items():
+        if s in members:
+            points[(i, r)].append((float(row[against]), float(row[statistic])))
+    return {key: slope(*np.array(p, dtype=float).T) for key, p in sorted(points.items())}
 
 
 def map_values(table: Table, spec: Mapping[str, Any], rep: tuple[str, ...],
                maps: Mapping[Key, CEMResult] | None = None) -> dict[tuple[str, int], float]:
     """Per (image, roi), the test's value for one replicate: the statistic, the difference a - b (absolute with
-    ``abs: true``), or a two-map statistic of a and b. Maps present for only one of a pair are left out."""
+    ``abs: true``), a two-map statistic of a and b, or a series' slope. Maps present for only one of a pair are left
+    out."""
     stat = statistic_of(spec)
+    if kind(spec) == "series":
+        return series_slopes(table, stat, label_of(spec).split("/")[1], rep)
     if len(rep) == 1:
         return {(i, r): float(row[stat]) for (s, i, r), row in table.items() if s == rep[0]}
     a, b = rep
@@ -212,6 +254,8 @@ def describe(spec: Mapping[str, Any], present: Sequence[tuple[str, ...]] | None 
     stat = statistic_of(spec)
 
     def one(rep: tuple[str, ...]) -> str:
+        if kind(spec) == "series":
+            return f"trend over {', '.join(rep)}"
         if len(rep) == 1:
             return rep[0]
         return f"{rep[0]} vs {rep[1]}" if stat in PAIR_STATISTICS else \
@@ -230,8 +274,13 @@ def evaluate(table: Table, spec: Mapping[str, Any], settings: VerdictSettings,
     reps = replicates(spec)
     per_rep = [map_values(table, spec, rep, maps) for rep in reps]
     est = estimate(*cluster_matrix(per_rep, settings.cluster), settings)
+    if kind(spec) == "series":  # a series stands on the members it has; each missing member is named
+        present = {s for s, _, _ in table}
+        reps = [tuple(m for m in rep if m in present) for rep in reps]
+        missing = list(dict.fromkeys(m for rep in replicates(spec) for m in rep if m not in present))
+    else:
+        missing = [describe(spec, [rep])[0] for rep, values in zip(reps, per_rep) if not values]
     what = describe(spec, [rep for rep, values in zip(reps, per_rep) if values])[0]
-    missing = [describe(spec, [rep])[0] for rep, values in zip(reps, per_rep) if not values]
     below, above = spec.get("supported_below"), spec.get("supported_above")
     if below is None and above is None:
         return est, REPORTED, what, missing
@@ -242,8 +291,8 @@ def evaluate(table: Table, spec: Mapping[str, Any], settings: VerdictSettings,
 
 def with_replicates(spec: Mapping[str, Any], items: Sequence[Any]) -> dict[str, Any]:
     """The same test on other models (a control): ``items`` replace its subjects or its pairs."""
-    out = {k: v for k, v in spec.items() if k not in ("subjects", "pairs", "controls")}
-    out["pairs" if spec.get("pairs") else "subjects"] = [list(i) if spec.get("pairs") else i for i in items]
+    out = {k: v for k, v in spec.items() if k not in ("subjects", "pairs", "series", "controls")}
+    out[kind(spec)] = [i if kind(spec) == "subjects" else list(i) for i in items]
     return out
 
 
@@ -266,7 +315,7 @@ def run_test(table: Table, spec: Mapping[str, Any], settings: VerdictSettings,
                           "designed": DESIGNED[role], "passed": c_verdict == DESIGNED[role], **asdict(c_est)}
     passed = all(c["passed"] for c in controls.values())
     final = raw if raw in (REPORTED, NOT_TESTABLE) or passed else NO_POWER
-    return TestOutcome(str(spec["name"]), statistic_of(spec), what, threshold, est, raw, final, controls, missing)
+    return TestOutcome(str(spec["name"]), label_of(spec), what, threshold, est, raw, final, controls, missing)
 
 
 def run_tests(table: Table, specs: Iterable[Mapping[str, Any]], settings: VerdictSettings,
