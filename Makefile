@@ -7,8 +7,8 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 TEST_JOBS ?= 2
 PROFILE ?=
-# PROFILE=bench (the shipped bench zoo, no training: the default of reproduce-denoise) | tiny (trains tiny models on
-# the CPU in minutes: the default of the other reproduce-* targets until their bench models ship) | paper (the
+# PROFILE=bench (the shipped bench zoo, no training: the default of reproduce-denoise and reproduce-sr) | tiny (trains
+# tiny models on the CPU in minutes: the default of the targets whose bench models do not ship yet) | paper (the
 # authors' checkpoints in CKPT_DIR, on a GPU); IMAGES=a folder of test images for the paper profile (e.g. the demo
 # images); PATCHES=the intervention patch pool (an npz bank, a folder of patches, or a folder of full images to crop
 # from, e.g. DIV2K_train_HR); SUBJECTS=map only these of the profile's subjects, comma-separated (e.g. the global
@@ -67,8 +67,8 @@ demo: $(STAMP) ## The paper's denoising demo map on the real DnCNN (needs ../sha
 reproduce-denoise: $(STAMP) ## Insight 2 on denoisers (main job; bench models, no training): sweep, analyse -> results/dn_channel_attention/bench
 	$(RUNNER) dn_channel_attention --profile $(or $(PROFILE),bench)
 
-reproduce-sr: $(STAMP) ## Insight 1: receptive field sweeps in SR -> results/sr_receptive_field
-	$(RUNNER) sr_receptive_field --profile $(or $(PROFILE),tiny)
+reproduce-sr: $(STAMP) ## Insight 1: receptive field sweeps in SR (bench FSRCNN / EDSR sweeps, no training) -> results/sr_receptive_field/bench
+	$(RUNNER) sr_receptive_field --profile $(or $(PROFILE),bench)
 
 reproduce-derain: $(STAMP) ## Insight 2 carried to deraining -> results/dr_channel_attention
 	$(RUNNER) dr_channel_attention --profile $(or $(PROFILE),tiny)
