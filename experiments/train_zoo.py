@@ -157,12 +157,26 @@ def resume_from(jobs: list[Job], steps: dict[str, int], root: Path, state: Path)
         print(f"{j.key}: resumes from step {resume_step(d)} ({carried})", flush=True)
 
 
+def cpu_model() -> str:
+    """The processor's name (``/proc/cpuinfo``'s model name where there is one)."""
+    import platform
+
+    info = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in info.read_text().splitlines()
+             if line.startswith("model name")] if info.is_file() else []
+    return (names[0] if names else platform.processor()) or "unknown"
+
+
 def device_name(device: str) -> str:
+    """The machine a training ran on, as provenance records it. On the CPU it names the processor and the instruction
+    set torch's kernels use (AVX2, AVX512, ...): the same seed on another instruction set rounds differently, and a
+    long training can end elsewhere (results/zoo/retrain_table.md), so "the same device" must be checkable."""
     import torch
 
     if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
         return torch.cuda.get_device_name(0)
-    return f"CPU ({os.cpu_count()} cores, {os.environ.get('OMP_NUM_THREADS', '1')} thread(s) per job)"
+    return (f"CPU ({cpu_model()}, {torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} cores, "
+            f"{os.environ.get('OMP_NUM_THREADS', '1')} thread(s) per job)")
 
 
 def export_all(runs: dict[str, dict], dest: Path) -> None:

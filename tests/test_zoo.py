@@ -161,7 +161,7 @@ def test_train_ship_load_compare_end_to_end(smoke_zoo: Path) -> None:
     out = script("--manifest", str(smoke_zoo / "smoke.yaml"), "compare", "--output-root", str(smoke_zoo / "run"),
                  "--table", str(table), "--zoo-dir", str(dest), cwd=smoke_zoo)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    assert "+0.000 | yes" in table.read_text()
+    assert "+0.000 | yes | yes | CPU" in table.read_text()  # the same export: the same file, from the same CPU
 
 
 def test_time_slices_resume_lease_after_lease_to_the_uninterrupted_weights(smoke_zoo: Path, tmp_path: Path) -> None:

@@ -197,14 +197,20 @@ def render_table(shipped: list[dict[str, Any]], rejected: list[dict[str, Any]], 
 
 
 def compare(manifest: Manifest, retrained: Path, table: Path, directory: Path = WEIGHTS_DIR) -> bool:
-    """Retrained weights (``train``'s export folder) against the shipped records: PSNR difference per set and task;
-    True when every retrained shipped model is within ``TOLERANCE_DB``."""
-    rows, ok = ["| model | set / task | shipped PSNR | retrained PSNR | difference | within 0.05 dB |", "|---|---|---|---|---|---|"], True
+    """Retrained weights (``train``'s export folder) against the shipped records: PSNR difference per set and task,
+    and whether the file is byte-identical to the shipped one (same sha256); True when every retrained shipped model
+    is within ``TOLERANCE_DB``."""
+    rows = ["| model | set / task | shipped PSNR | retrained PSNR | difference | within 0.05 dB | same file | shipped "
+            "from | retrained on |", "|---|---|---|---|---|---|---|---|---|"]
+    ok = True
     for rec in records(directory):
         path = retrained / rec["file"]
         if not path.is_file():
-            rows.append(f"| {rec['key']} | | | not retrained | | |")
+            rows.append(f"| {rec['key']} | | | not retrained | | | | | |")
             continue
+        same = "yes" if hashlib.sha256(path.read_bytes()).hexdigest() == rec["sha256"] else "no"
+        leases = _read(retrained / f"{rec['key']}.leases.json")
+        machines = f"{rec['machine']} | {'; '.join(dict.fromkeys(str(x['machine']) for x in leases)) or 'unknown'}"
         job = manifest.job(rec["key"])
         scores = measure(load_weights(rec["model_config"], path), job, manifest)
         for set_name, per_task in scores.items():
@@ -215,7 +221,7 @@ def compare(manifest: Manifest, retrained: Path, table: Path, directory: Path = 
                 diff = s["psnr"] - shipped["psnr"]
                 ok &= abs(diff) <= TOLERANCE_DB
                 rows.append(f"| {rec['key']} | {set_name} / {preset} | {shipped['psnr']:.3f} | {s['psnr']:.3f} | "
-                            f"{diff:+.3f} | {'yes' if abs(diff) <= TOLERANCE_DB else 'NO'} |")
+                            f"{diff:+.3f} | {'yes' if abs(diff) <= TOLERANCE_DB else 'NO'} | {same} | {machines} |")
     results.atomic_write_bytes(table, ("# Retrained bench models against the shipped records\n\n"
                                        + "\n".join(rows) + "\n").encode())
     print(table.read_text())
