@@ -134,6 +134,7 @@ def statistic_unit(label: str) -> str:
         return f"{STATISTIC_UNITS.get(a, '')}/{STATISTIC_UNITS.get(b, '')}"
     return STATISTIC_UNITS.get(label, "")
 
+
 STATISTIC_GLOSSARY: dict[str, str] = {
     "origin_psnr": "PSNR of the ROI without any intervention (the model's own quality where the map looks).",
     "image_psnr": "PSNR of the whole crop without any intervention.",

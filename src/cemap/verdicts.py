@@ -121,15 +121,18 @@ def statistic_of(spec: Mapping[str, Any]) -> str:
     return str(getattr(spec["statistic"], "value", spec["statistic"]))
 
 
+def against_of(spec: Mapping[str, Any]) -> str:
+    """The statistic a series' slope is taken against (its x, e.g. ``receptive_radius_px``)."""
+    if not spec.get("against"):
+        raise SettingError(f"test {spec.get('name')!r}: a series needs the statistic it is against (against: ...)")
+    return str(getattr(spec["against"], "value", spec["against"]))
+
+
 def label_of(spec: Mapping[str, Any]) -> str:
     """What a test's number is: the statistic, or for a series its slope (``effective_radius_px/receptive_radius_px``:
     px of effective radius per px of receptive radius)."""
     stat = statistic_of(spec)
-    if kind(spec) != "series":
-        return stat
-    if not spec.get("against"):
-        raise SettingError(f"test {spec.get('name')!r}: a series needs the statistic it is against (against: ...)")
-    return f"{stat}/{getattr(spec['against'], 'value', spec['against'])}"
+    return f"{stat}/{against_of(spec)}" if kind(spec) == "series" else stat
 
 
 def kind(spec: Mapping[str, Any]) -> str:
@@ -172,7 +175,7 @@ def map_values(table: Table, spec: Mapping[str, Any], rep: tuple[str, ...],
     out."""
     stat = statistic_of(spec)
     if kind(spec) == "series":
-        return series_slopes(table, stat, label_of(spec).split("/")[1], rep)
+        return series_slopes(table, stat, against_of(spec), rep)
     if len(rep) == 1:
         return {(i, r): float(row[stat]) for (s, i, r), row in table.items() if s == rep[0]}
     a, b = rep

@@ -201,7 +201,7 @@ def compare(manifest: Manifest, retrained: Path, table: Path, directory: Path = 
     and whether the file is byte-identical to the shipped one (same sha256); True when every retrained shipped model
     is within ``TOLERANCE_DB``."""
     rows = ["| model | set / task | shipped PSNR | retrained PSNR | difference | within 0.05 dB | same file | shipped "
-            "from | retrained on |", "|---|---|---|---|---|---|---|---|---|"]
+            "file trained on | retrained on |", "|---|---|---|---|---|---|---|---|---|"]
     ok = True
     for rec in records(directory):
         path = retrained / rec["file"]
