@@ -252,7 +252,9 @@ class ScheduleConfig:
     gamma: float = 0.5
     ema_decay: float = 0.999
     grad_clip: float = 0.0
-    amp: bool = False
+    amp: bool = False  # bf16 autocast on CUDA
+    amp_on_cpu: bool = False  # ... and on the CPU too (AVX512-BF16 CPUs train ~1.8x faster; fp32 there when off)
+    channels_last: bool = False  # channels-last memory for the model and its batches (faster convolutions on the CPU)
     val_every: int = 250
     checkpoint_every: int = 100
     log_every: int = 1  # training-loss rows in metrics.csv (result-neutral; > 1 spares a GPU sync per step)

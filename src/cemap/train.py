@@ -51,6 +51,8 @@ RESULT_NEUTRAL = ("device", "logger", "output_root", "progress", "wandb", "train
                   "train.log_every",
                   "max_steps_this_run", "max_minutes_this_run")
 """Settings that never change the trained weights, left out of the cache key."""
+OFF_BY_DEFAULT = ("train.amp_on_cpu", "train.channels_last")
+"""Settings added after models were trained: left out of the cache key while off, so earlier keys stay valid."""
 
 FINAL, LAST, METRICS, EVAL = "final.pth", "last.pth", "metrics.csv", "eval.json"
 
@@ -59,6 +61,7 @@ def training_key(cfg: DictConfig) -> str:
     node = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(node, dict)
     drop_keys(node, RESULT_NEUTRAL)
+    drop_keys(node, tuple(k for k in OFF_BY_DEFAULT if not OmegaConf.select(cfg, k, default=False)))
     if node.get("mix"):
         node.pop("task", None)  # a mix model is the same model whichever task a run then explains with it
     return hashlib.sha256(json.dumps(node, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -245,7 +248,7 @@ def training_state(cfg: DictConfig, device: torch.device,
     s = cfg.train
     torch.manual_seed(cfg.seed)
     model, model_name = build_model(cfg.model)
-    model.to(device)
+    model.to(device, memory_format=torch.channels_last if s.channels_last else torch.preserve_format)
     optimizer = make_optimizer(model.parameters(), s.optimizer, s.lr, s.betas, s.weight_decay)
     ema = EMA(model, s.ema_decay)
     start = resume_training(last, model, ema, optimizer)
@@ -295,6 +298,11 @@ def resume_training(last: Path, model: nn.Module, ema: EMA, optimizer: torch.opt
     return int(state["iter"])
 
 
+def autocast_enabled(s: DictConfig, device: torch.device) -> bool:
+    """bf16 autocast: on CUDA when ``amp``; on the CPU only with ``amp_on_cpu`` too (CPU recipes stayed fp32)."""
+    return bool(s.amp) and (device.type == "cuda" or (device.type == "cpu" and bool(s.amp_on_cpu)))
+
+
 def training_step(net: nn.Module, model: nn.Module, ema: EMA, optimizer: torch.optim.Optimizer,
                   sampler: PatchSampler, s: DictConfig, step: int, device: torch.device, rank: int,
                   world: int) -> tuple[torch.Tensor, str, float]:
@@ -303,8 +311,10 @@ def training_step(net: nn.Module, model: nn.Module, ema: EMA, optimizer: torch.o
     for group in optimizer.param_groups:
         group["lr"] = lr
     lq, gt, task_name = sampler.batch(step, rank, world)
+    if s.channels_last:
+        lq = lq.contiguous(memory_format=torch.channels_last)
     net.train()
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(s.amp) and device.type == "cuda"):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_enabled(s, device)):
         loss = LOSSES[s.loss](net(to_device(lq, device)), to_device(gt, device))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

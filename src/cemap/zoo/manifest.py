@@ -85,15 +85,16 @@ class Manifest:
         raise KeyError(f"no bench job {key!r}; known: {', '.join(j.key for j in self.jobs)}")
 
 
-def _steps_per_seed(entry: dict) -> list[int | None]:
-    """An entry's steps, one per seed: a single number for all, or a list aligned with ``seeds`` (a GPU calibration
-    measures each seed's throughput, so seeds trained in one lease can get different step counts)."""
-    steps, seeds = entry.get("steps"), entry["seeds"]
-    if not isinstance(steps, list):
-        return [steps] * len(seeds)
-    if len(steps) != len(seeds):
-        raise SettingError(f"zoo entry {entry['name']}: {len(steps)} steps for {len(seeds)} seeds")
-    return [int(n) for n in steps]
+def _per_seed(entry: dict, key: str) -> list:
+    """An entry's ``steps`` or ``schedule``, one per seed: a single value for all, or a list aligned with ``seeds``
+    (a GPU calibration gives seeds trained in one lease their own step counts; seeds trained on the CPU may use its
+    schedule variant)."""
+    value, seeds = entry.get(key), entry["seeds"]
+    if not isinstance(value, list):
+        return [value] * len(seeds)
+    if len(value) != len(seeds):
+        raise SettingError(f"zoo entry {entry['name']}: {len(value)} {key} values for {len(seeds)} seeds")
+    return value
 
 
 def load_manifest(path: str | Path = MANIFEST) -> Manifest:
@@ -106,8 +107,9 @@ def load_manifest(path: str | Path = MANIFEST) -> Manifest:
             raise SettingError(f"bad zoo entry {e}: unknown keys {sorted(unknown)}, floor must be one of {FLOOR_KINDS}, "
                              "and exactly one of task / mix")
         mix = dict(node["mix"]) if e.get("mix") else None
-        for seed, steps in zip(e["seeds"], _steps_per_seed(e)):
-            jobs.append(Job(e["name"], e["model"], e.get("task"), mix, e["schedule"], steps, int(seed),
+        for seed, steps, schedule in zip(e["seeds"], _per_seed(e, "steps"), _per_seed(e, "schedule")):
+            steps = None if steps is None else int(steps)
+            jobs.append(Job(e["name"], e["model"], e.get("task"), mix, str(schedule), steps, int(seed),
                             e["floor"], e.get("data", node["data"])))  # an entry may keep the data it shipped with
     groups = {k: list(v) for k, v in node.get("groups", {}).items()}
     equal = [list(names) for names in node.get("equal_steps", [])]
