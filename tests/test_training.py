@@ -123,6 +123,27 @@ def test_cache_hits_for_the_same_config_only(tmp_path: Path) -> None:
     assert run_dir(config(tmp_path, "model=dncnn_tiny", "train.steps=3", "task.sigma=25")) != run_dir(cfg)
 
 
+def test_cpu_bf16_keys_change_the_cache_key_only_when_on(tmp_path: Path) -> None:
+    """Keys added after models shipped: off, the key is the one those models were recorded under; on, a new one."""
+    cfg = config(tmp_path, "model=dncnn_tiny")
+    assert run_dir(config(tmp_path, "model=dncnn_tiny", "train.amp_on_cpu=false", "train.channels_last=false")) == run_dir(cfg)
+    on = {run_dir(config(tmp_path, "model=dncnn_tiny", o)) for o in ("train.amp_on_cpu=true", "train.channels_last=true")}
+    assert len(on) == 2 and run_dir(cfg) not in on
+
+
+def test_bf16_on_the_cpu_trains_in_bf16_only_when_asked(tmp_path: Path) -> None:
+    """``amp`` alone keeps the CPU in fp32 (the CPU recipes); with ``amp_on_cpu`` the run trains in bf16 and
+    channels-last, and lands near, not on, the fp32 weights."""
+    fp32 = train(config(tmp_path / "a", "model=dncnn_tiny", "train.steps=6", "train.amp=true"))
+    same = train(config(tmp_path / "b", "model=dncnn_tiny", "train.steps=6"))
+    bf16 = train(config(tmp_path / "c", "model=dncnn_tiny", "train.steps=6", "train.amp=true", "train.amp_on_cpu=true",
+                        "train.channels_last=true"))
+    a, b, c = (read_checkpoint(f) for f in (fp32, same, bf16))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    gap = max(float((a[k] - c[k]).abs().max()) for k in a)
+    assert 0 < gap < 0.05, gap
+
+
 def test_mix_sampler_follows_the_weights() -> None:
     images = [np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)]
     tasks = {"sr": (SuperResolution(4), 1.0), "dn": (Denoise(), 2.0), "dr": (Derain(), 1.0)}

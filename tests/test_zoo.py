@@ -53,7 +53,7 @@ def test_manifest_rejects_a_typo(tmp_path: Path) -> None:
         load_manifest(tmp_path / "bad.yaml")
 
 
-def test_steps_can_differ_per_seed_and_must_match_the_seeds(tmp_path: Path) -> None:
+def test_steps_and_schedules_can_differ_per_seed_and_must_match_the_seeds(tmp_path: Path) -> None:
     node = yaml.safe_load(MANIFEST.read_text())
     entry = next(e for e in node["entries"] if len(e["seeds"]) == 3)
     entry["steps"] = [100, 200, 300]
@@ -62,8 +62,12 @@ def test_steps_can_differ_per_seed_and_must_match_the_seeds(tmp_path: Path) -> N
     assert steps == {0: 100, 1: 200, 2: 300}
     entry["steps"] = [100, 200]
     (tmp_path / "m.yaml").write_text(yaml.safe_dump(node))
-    with pytest.raises(ValueError, match="2 steps for 3 seeds"):
+    with pytest.raises(ValueError, match="2 steps values for 3 seeds"):
         load_manifest(tmp_path / "m.yaml")
+    entry["steps"], entry["schedule"] = 100, ["bench_same", "bench_same_cpu_bf16", "bench_same"]
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(node))
+    jobs = [j for j in load_manifest(tmp_path / "m.yaml").jobs if j.name == entry["name"]]
+    assert [(j.steps, j.schedule) for j in jobs] == [(100, "bench_same"), (100, "bench_same_cpu_bf16"), (100, "bench_same")]
 
 
 def test_compared_entries_get_equal_calibrated_steps() -> None:
