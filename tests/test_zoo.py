@@ -70,6 +70,13 @@ def test_steps_and_schedules_can_differ_per_seed_and_must_match_the_seeds(tmp_pa
     assert [(j.steps, j.schedule) for j in jobs] == [(100, "bench_same"), (100, "bench_same_cpu_bf16"), (100, "bench_same")]
 
 
+def test_a_compared_model_is_held_when_its_partner_of_the_same_seed_misses() -> None:
+    met = {"rcan_dn_bench-s3": False, "rcan_dn_bench_no_ca-s3": True, "rcan_dn_bench_no_ca-s4": True,
+           "rcan_dn_bench-s5": True, "rcan_dn_bench_no_ca-s5": True, "dncnn_bench-s0": True}
+    held = load_manifest().held_partners(met)
+    assert list(held) == ["rcan_dn_bench_no_ca-s3"] and "rcan_dn_bench-s3" in held["rcan_dn_bench_no_ca-s3"]
+
+
 def test_compared_entries_get_equal_calibrated_steps() -> None:
     manifest = load_manifest()
     steps = {j.key: 1000 + 100 * i for i, j in enumerate(manifest.jobs)}

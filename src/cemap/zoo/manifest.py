@@ -71,6 +71,19 @@ class Manifest:
             out.update({k: min(out[k] for k in keys) for k in keys})
         return out
 
+    def held_partners(self, met: dict[str, bool]) -> dict[str, str]:
+        """Jobs evaluated together (``met``: key -> floor met) that meet their floor but do not ship because the
+        same seed of a compared entry (an ``equal_steps`` set) missed its floor in the same evaluation: a paired test
+        cannot use a lone model. Returns key -> reason."""
+        held = {}
+        for names in self.equal_steps:
+            for seed in {j.seed for j in self.jobs if j.name in names}:
+                keys = [f"{n}-s{seed}" for n in names]
+                if all(k in met for k in keys) and not all(met[k] for k in keys):
+                    missed = ", ".join(k for k in keys if not met[k])
+                    held.update({k: f"its pair partner {missed} missed its floor" for k in keys if met[k]})
+        return held
+
     def select(self, names: list[str], group: str | None = None) -> list[Job]:
         """Jobs named (entry name or job key) or in ``group``; all jobs when neither is given."""
         if group is not None and group not in self.groups:

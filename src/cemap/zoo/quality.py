@@ -142,31 +142,45 @@ def provenance(job: Job, source: Path, manifest: Manifest, runs: dict[str, dict]
 
 
 def ship(manifest: Manifest, source: Path, dest: Path = WEIGHTS_DIR, results_dir: Path = RESULTS) -> list[dict[str, Any]]:
-    """Evaluate every exported job in ``source``; copy those that meet their floor into the package zoo, keep every
-    record (shipped or not) for the table. Records of jobs not in ``source`` stay as they are."""
+    """Evaluate every exported job in ``source``; copy those that meet their floor (and whose compared partner of
+    the same seed, evaluated with them, does too) into the package zoo, keep every record (shipped or not) for the
+    table. Records of jobs not in ``source`` stay as they are."""
     runs = json.loads((source / "zoo_runs.json").read_text()) if (source / "zoo_runs.json").is_file() else {}
     old = {r["key"]: r for r in records(dest)}
     rejected = {r["key"]: r for r in _read(results_dir / "not_shipped.json")}
+    evaluated = {}
     for job in manifest.jobs:
         if not (source / f"{job.key}.safetensors").is_file():
             continue
-        rec = provenance(job, source, manifest, runs)
+        evaluated[job.key] = rec = provenance(job, source, manifest, runs)
         print(f"{job.key}: floor {'met' if rec['floor']['met'] else 'MISSED: ' + '; '.join(rec['floor']['misses'])}",
               flush=True)
-        old.pop(job.key, None)
-        rejected.pop(job.key, None)
-        if rec["floor"]["met"]:
+    held = manifest.held_partners({k: r["floor"]["met"] for k, r in evaluated.items()})
+    for key, rec in evaluated.items():
+        old.pop(key, None)
+        rejected.pop(key, None)
+        if key in held:
+            rec["held"] = held[key]
+            print(f"{key}: held, {held[key]}", flush=True)
+        if rec["floor"]["met"] and key not in held:
             dest.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source / rec["file"], dest / rec["file"])
-            old[job.key] = rec
+            old[key] = rec
         else:
-            rejected[job.key] = rec
+            rejected[key] = rec
     shipped = sorted(old.values(), key=lambda r: r["key"])
     results.atomic_write_json(dest / PROVENANCE, {"manifest": "conf/zoo/bench.yaml", "models": shipped})
     results.atomic_write_json(results_dir / "not_shipped.json", sorted(rejected.values(), key=lambda r: r["key"]))
     results.atomic_write_bytes(results_dir / "zoo_table.md",
                                render_table(shipped, list(rejected.values()), manifest).encode())
     return shipped
+
+
+def shipped_label(record: dict[str, Any]) -> str:
+    """The table's "shipped" cell: yes, no (floor missed), or held with the reason."""
+    if "held" in record:
+        return f"no (held: {record['held']})"
+    return "yes" if record["floor"]["met"] else "no"
 
 
 def _read(path: Path) -> list[dict[str, Any]]:
@@ -185,7 +199,7 @@ def render_table(shipped: list[dict[str, Any]], rejected: list[dict[str, Any]], 
         for set_name, per_task in r["eval"].items():
             for preset, s in per_task.items():
                 ref = f"{s['reference_psnr']:.2f}" if "reference_psnr" in s else ""
-                lines.append(f"| {r['name']} | {r['seed']} | {'yes' if r['floor']['met'] else 'no'} | "
+                lines.append(f"| {r['name']} | {r['seed']} | {shipped_label(r)} | "
                              f"{r['params'] / 1e3:.0f}k | {radius} | {r['steps']} | {r['machine']} | "
                              f"{r['train_minutes']} | {set_name} / {preset} | {s['psnr']:.2f} | {s['baseline']} "
                              f"{s['baseline_psnr']:.2f} | {s['psnr'] - s['baseline_psnr']:+.2f} | {ref} | "
