@@ -86,6 +86,10 @@ def render(rows: Sequence[SetContrast], a: str, b: str, settings: VerdictSetting
                          f"{row.psnr_a[s] - row.psnr_b[s]:+.2f} |")
         d = row.difference
         lines.append(f"| {row.set_name} | paired over {len(d.replicate_means)} seeds x {d.n_clusters} images | | | "
-                     f"**{d.mean:+.2f} [{d.low:+.2f}, {d.high:+.2f}]** ({level}; between-seed SD "
-                     f"{d.replicate_spread:.2f}) |")
+                     f"**{d.mean:+.2f} [{d.low:+.2f}, {d.high:+.2f}]** ({level}; {seed_spread(d.replicate_spread)}) |")
     return "\n".join(lines) + "\n"
+
+
+def seed_spread(sd: float) -> str:
+    """The between-seed SD, or why there is none (one seed: the interval is over images only)."""
+    return "one seed: interval over images only" if np.isnan(sd) else f"between-seed SD {sd:.2f}"
