@@ -78,7 +78,7 @@ class Manifest:
         held = {}
         for names in self.equal_steps:
             for seed in {j.seed for j in self.jobs if j.name in names}:
-                keys = [f"{n}-s{seed}" for n in names]
+                keys = [j.key for j in self.jobs if j.name in names and j.seed == seed]
                 if all(k in met for k in keys) and not all(met[k] for k in keys):
                     missed = ", ".join(k for k in keys if not met[k])
                     held.update({k: f"its pair partner {missed} missed its floor" for k in keys if met[k]})
