@@ -82,7 +82,8 @@ def test_compared_entries_get_equal_calibrated_steps() -> None:
     steps = {j.key: 1000 + 100 * i for i, j in enumerate(manifest.jobs)}
     equal = manifest.equalise(steps)
     pair = [j.key for j in manifest.jobs if j.name in ("rcan_dn_bench", "rcan_dn_bench_no_ca")]
-    assert len(pair) == 12 and {equal[k] for k in pair} == {min(steps[k] for k in pair)}
+    seeds = [j.seed for j in manifest.jobs if j.name == "rcan_dn_bench"]
+    assert len(pair) == 2 * len(seeds) >= 6 and {equal[k] for k in pair} == {min(steps[k] for k in pair)}
     assert equal["dncnn_bench-s0"] == steps["dncnn_bench-s0"]
 
 
