@@ -37,12 +37,11 @@ from omegaconf import OmegaConf
 from cemap import results
 from cemap.config import compose_config
 from cemap.train import EVAL, FINAL, LAST, METRICS, run_dir, training_key
-from cemap.zoo import WEIGHTS_DIR
+from cemap.zoo import TRAINING_RUNS, WEIGHTS_DIR
 from cemap.zoo.export import export_weights
 from cemap.zoo.manifest import MANIFEST, Job, Manifest, load_manifest
 
 REPO = Path(__file__).resolve().parents[1]
-RUNS = "zoo_runs.json"
 LEASES = "leases.json"
 """Per job, every time slice that trained it: machine, steps from and to, minutes (``<key>.leases.json``)."""
 MIN_USEFUL_STEPS = 700
@@ -181,7 +180,8 @@ def device_name(device: str) -> str:
 
 def export_all(runs: dict[str, dict], dest: Path) -> None:
     """Into ``dest``: the shipped-format weights (+ eval.json, metrics.csv, config, leases) of every finished job; the
-    ``last.pth`` (+ metrics, leases) of every job stopped on the way, for the next lease to resume; logs of failures."""
+    ``last.pth`` (+ metrics, leases) of every job stopped on the way, for the next lease to resume; logs of failures.
+    The runs file keeps the records of other runs that export into the same folder."""
     dest.mkdir(parents=True, exist_ok=True)
     for key, info in runs.items():
         d = Path(info["dir"])
@@ -198,7 +198,7 @@ def export_all(runs: dict[str, dict], dest: Path) -> None:
         log = Path(info["log"])
         if not info["finished"] and log.is_file():
             results.atomic_write_bytes(dest / f"{key}.log", log.read_bytes()[-20000:])
-    results.atomic_write_json(dest / RUNS, runs)
+    results.merge_json_records(dest / TRAINING_RUNS, runs)
 
 
 def record_lease(directory: Path, info: dict) -> None:

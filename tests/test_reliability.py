@@ -393,6 +393,28 @@ def test_written_files_follow_the_umask_not_0600(tmp_path: Path) -> None:
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # 0644 under the usual umask 022 (mkstemp alone: 0600)
 
 
+def _merge_many(path: Path, who: str) -> None:
+    for i in range(25):
+        results.merge_json_records(path, {f"{who}-{i}": {"finished": True}})
+
+
+def test_concurrent_runs_files_keep_every_writers_records(tmp_path: Path) -> None:
+    """Two training runs that export into one folder used to leave only the last writer's jobs in zoo_runs.json."""
+    import multiprocessing
+
+    path = tmp_path / "export" / "zoo_runs.json"
+    results.atomic_write_json(path, {"earlier-run": {"finished": True}})
+    writers = [multiprocessing.get_context("fork").Process(target=_merge_many, args=(path, f"w{k}")) for k in range(4)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join(timeout=120)
+    assert [w.exitcode for w in writers] == [0] * 4
+    merged = results.read_json(path)
+    assert set(merged) == {"earlier-run"} | {f"w{k}-{i}" for k in range(4) for i in range(25)}
+    assert results.merge_json_records(path, {"w0-0": {"finished": False}})["w0-0"] == {"finished": False}
+
+
 def test_a_lab_tiff_is_refused_not_read_as_rgb(tmp_path: Path) -> None:
     from cemap.imageio import ImageError
 

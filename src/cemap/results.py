@@ -107,6 +107,22 @@ def atomic_write_json(path: Path, obj: Any) -> Path:
     return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n").encode())
 
 
+def merge_json_records(path: Path, records: dict[str, Any]) -> dict[str, Any]:
+    """Add ``records`` to the JSON object at ``path`` (same keys replaced) and return the merged object.
+
+    Read, update and write happen under a blocking ``flock`` on a side file, so processes that finish at the same
+    time (two training runs sharing an output root) keep each other's records instead of the last writer's only.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "a+") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        merged = read_json(path) if path.is_file() else {}
+        merged.update(records)
+        atomic_write_json(path, merged)
+    return merged
+
+
 def atomic_save_npz(path: Path, **arrays: np.ndarray) -> Path:
     return _atomic_write(path, lambda fh: np.savez(fh, **arrays))
 

@@ -23,6 +23,7 @@ import torch
 WEIGHTS_DIR = Path(os.environ.get("CEMAP_ZOO_DIR") or Path(__file__).resolve().parent / "weights")
 """The shipped weights and their provenance (``CEMAP_ZOO_DIR`` points elsewhere, e.g. a retrained zoo)."""
 PROVENANCE = "provenance.json"
+TRAINING_RUNS = "zoo_runs.json"  # written by experiments/train_zoo.py next to exported weights, read by ship
 
 
 class ZooError(LookupError):

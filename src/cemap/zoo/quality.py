@@ -27,7 +27,7 @@ from cemap.config import CONF_DIR
 from cemap.data import EmbeddedSet, FolderSet
 from cemap.train import EMA_INIT_SHARE_MAX, training_key
 from cemap.training import baseline_scores, evaluate
-from cemap.zoo import PROVENANCE, WEIGHTS_DIR, load_weights, records
+from cemap.zoo import PROVENANCE, TRAINING_RUNS, WEIGHTS_DIR, load_weights, records
 from cemap.zoo.manifest import Job, Manifest
 
 REFERENCE = Path(os.environ.get("CEMAP_REFERENCE", CONF_DIR.parent.parent / "shared" / "reference"))
@@ -145,7 +145,7 @@ def ship(manifest: Manifest, source: Path, dest: Path = WEIGHTS_DIR, results_dir
     """Evaluate every exported job in ``source``; copy those that meet their floor (and whose compared partner of
     the same seed, evaluated with them, does too) into the package zoo, keep every record (shipped or not) for the
     table. Records of jobs not in ``source`` stay as they are."""
-    runs = json.loads((source / "zoo_runs.json").read_text()) if (source / "zoo_runs.json").is_file() else {}
+    runs = json.loads((source / TRAINING_RUNS).read_text()) if (source / TRAINING_RUNS).is_file() else {}
     old = {r["key"]: r for r in records(dest)}
     rejected = {r["key"]: r for r in _read(results_dir / "not_shipped.json")}
     evaluated = {}
