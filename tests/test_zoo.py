@@ -238,3 +238,19 @@ def test_contrast_cli_of_an_entry_with_itself_is_exactly_zero(smoke_zoo: Path, t
     assert out.returncode == 0, out.stderr[-2000:]
     text = (tmp_path / "c.md").read_text()
     assert "| embedded_test | 0 |" in text and "**+0.00 [+0.00, +0.00]**" in text
+
+
+def test_slices_of_stopped_processes_count_in_training_minutes(tmp_path: Path) -> None:
+    """A session that ends mid-training kills the process before it records its lease; the metrics it left (seconds
+    restart with each process, rows past the resumed checkpoint are dropped) still give that slice's minutes."""
+    rows = ["step,kind,task,loss,lr,psnr,ssim,seconds"]
+    rows += [f"{s},train,denoise,0.1,0.001,,,{s * 0.6:.2f}" for s in range(10, 501, 10)]           # killed, 0-500
+    rows += [f"{s},train,denoise,0.1,0.001,,,{(s - 500) * 1.2:.2f}" for s in range(510, 1001, 10)]  # killed, 500-1000
+    rows += [f"{s},train,denoise,0.1,0.001,,,{(s - 1000) * 0.9:.2f}" for s in range(1010, 1501, 10)]  # recorded
+    rows += ["1500,final,denoise,,,25.0,0.7,"]
+    metrics = tmp_path / "m.metrics.csv"
+    metrics.write_text("\n".join(rows) + "\n")
+    slices = quality.unrecorded_leases(metrics, recorded_from=1000)
+    assert [(x["from_step"], x["to_step"], x["minutes"]) for x in slices] == [(0, 500, 5.0), (500, 1000, 10.0)]
+    assert all(x["machine"] == quality.UNRECORDED for x in slices)
+    assert quality.unrecorded_leases(metrics, recorded_from=0) == []

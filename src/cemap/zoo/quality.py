@@ -9,6 +9,7 @@ derain models above each task's classical baseline.
 
 from __future__ import annotations
 
+import csv
 import functools
 import hashlib
 import json
@@ -112,6 +113,33 @@ def load_exported(source: Path, job: Job) -> tuple[dict[str, Any], torch.nn.Modu
     return config, load_weights(config["model"], source / f"{job.key}.safetensors")
 
 
+UNRECORDED = "not recorded (its process was stopped before writing its lease; minutes from metrics.csv)"
+
+
+def unrecorded_leases(metrics: Path, recorded_from: int) -> list[dict[str, Any]]:
+    """The time slices before step ``recorded_from`` whose process died without recording its lease (a session that
+    ended mid-training), rebuilt from metrics.csv: its ``seconds`` restart with each process, and a resumed run
+    truncates the rows past its checkpoint, so each restart closes one slice at the step where the next resumed."""
+    if recorded_from <= 0 or not metrics.is_file():
+        return []
+    with metrics.open(newline="") as fh:
+        rows = [(int(r["step"]), float(r["seconds"])) for r in csv.DictReader(fh)
+                if r["seconds"] and int(r["step"]) <= recorded_from]
+    slices: list[dict[str, Any]] = []
+    begin, last_seconds = 0, 0.0
+    for k, (step, seconds) in enumerate(rows):
+        if k and seconds < last_seconds:  # a new process: the previous slice ended at the step this one resumed from
+            resumed = rows[k - 1][0]
+            slices.append({"machine": UNRECORDED, "from_step": begin, "to_step": resumed,
+                           "minutes": round(last_seconds / 60, 2)})
+            begin = resumed
+        last_seconds = seconds
+    if rows:
+        slices.append({"machine": UNRECORDED, "from_step": begin, "to_step": recorded_from,
+                       "minutes": round(last_seconds / 60, 2)})
+    return slices
+
+
 def provenance(job: Job, source: Path, manifest: Manifest, runs: dict[str, dict]) -> dict[str, Any]:
     """Evaluate one exported job and assemble its record (floor met or not)."""
     config, model = load_exported(source, job)
@@ -125,6 +153,8 @@ def provenance(job: Job, source: Path, manifest: Manifest, runs: dict[str, dict]
     info = getattr(model, "info", None)
     run = runs.get(job.key, {})
     leases = _read(source / f"{job.key}.leases.json")  # every time slice that trained it (GPU leases, CPU sessions)
+    start = min((int(x["from_step"]) for x in leases), default=int(trained.get("resumed_from") or 0))
+    leases = unrecorded_leases(source / f"{job.key}.metrics.csv", start) + leases
     machine = "; ".join(dict.fromkeys(str(x["machine"]) for x in leases)) if leases else run.get("machine", "unknown")
     minutes = round(sum(float(x["minutes"]) for x in leases), 2) if leases else trained.get("minutes")
     return {
