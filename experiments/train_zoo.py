@@ -9,6 +9,9 @@
     python experiments/train_zoo.py compare                # retrained (train's output) against the shipped records
     python experiments/train_zoo.py contrast --from DIR A B  # full-image PSNR of A - B paired over every trained
                                                            # seed and test image (shipped or not: no floor bias)
+    python experiments/train_zoo.py stage KEY --from DIR --dest SCRATCH  # the package zoo + a model that missed
+                                                           # its floor, for a labelled exploratory run
+                                                           # (CEMAP_ZOO_DIR=SCRATCH python experiments/runner.py ...)
     python experiments/train_zoo.py train --device cuda --slice-minutes 7 --resume-from STATE --pack OUT
                                                            # GPU lease after lease: committed steps, train for the
                                                            # slice, pack finished weights and the unfinished jobs'
@@ -290,6 +293,15 @@ def cmd_ship(args: argparse.Namespace) -> None:
     quality.ship(load_manifest(args.manifest), Path(args.source), Path(args.dest), Path(args.results_dir))
 
 
+def cmd_stage(args: argparse.Namespace) -> None:
+    from cemap.zoo import quality
+
+    staged = quality.stage_unshipped(args.keys, Path(args.source), Path(args.dest), Path(args.zoo_dir),
+                                     Path(args.results_dir))
+    print(f"staged {len(staged)} models in {args.dest} ({len(args.keys)} not shipped, exploratory): "
+          f"CEMAP_ZOO_DIR={args.dest} python experiments/runner.py ...", flush=True)
+
+
 def cmd_compare(args: argparse.Namespace) -> None:
     from cemap.zoo import quality
 
@@ -337,6 +349,14 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--dest", default=str(WEIGHTS_DIR), help="package zoo folder (weights + provenance.json)")
     s.add_argument("--results-dir", default="results/zoo", help="zoo_table.md and not_shipped.json")
     s.set_defaults(func=cmd_ship)
+    g = sub.add_parser("stage", help="a scratch zoo: the package zoo plus named models that missed their floor "
+                                     "(exploratory runs only, via CEMAP_ZOO_DIR)")
+    g.add_argument("keys", nargs="+", help="job keys of not-shipped models (srresnet_mix_bench-s0)")
+    g.add_argument("--from", dest="source", required=True, help="folder of their exported weights")
+    g.add_argument("--dest", required=True, help="scratch folder (never the package zoo)")
+    g.add_argument("--zoo-dir", default=str(WEIGHTS_DIR))
+    g.add_argument("--results-dir", default="results/zoo", help="where not_shipped.json is")
+    g.set_defaults(func=cmd_stage)
     c = sub.add_parser("compare", help="retrained weights against the shipped records")
     c.add_argument("--output-root", default="outputs/zoo")
     c.add_argument("--table", default="results/zoo/retrain_table.md")

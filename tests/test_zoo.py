@@ -254,3 +254,23 @@ def test_slices_of_stopped_processes_count_in_training_minutes(tmp_path: Path) -
     assert [(x["from_step"], x["to_step"], x["minutes"]) for x in slices] == [(0, 500, 5.0), (500, 1000, 10.0)]
     assert all(x["machine"] == quality.UNRECORDED for x in slices)
     assert quality.unrecorded_leases(metrics, recorded_from=0) == []
+
+
+def test_staging_an_unshipped_model_leaves_the_package_zoo_alone(tmp_path: Path) -> None:
+    """Exploratory runs on a model that missed its floor go through a scratch zoo; the shipped one is untouched."""
+    source, results_dir, scratch = tmp_path / "export", tmp_path / "results", tmp_path / "scratch"
+    source.mkdir()
+    results_dir.mkdir()
+    shipped = zoo.records()[0]
+    (source / "x-s0.safetensors").write_bytes((zoo.WEIGHTS_DIR / shipped["file"]).read_bytes())
+    record = {**shipped, "name": "x", "key": "x-s0", "file": "x-s0.safetensors", "floor": {"met": False}}
+    (results_dir / "not_shipped.json").write_text(json.dumps([record]))
+    before = (zoo.WEIGHTS_DIR / zoo.PROVENANCE).read_bytes()
+    staged = quality.stage_unshipped(["x-s0"], source, scratch, results_dir=results_dir)
+    assert (zoo.WEIGHTS_DIR / zoo.PROVENANCE).read_bytes() == before
+    assert len(staged) == len(zoo.records()) + 1 and staged[-1]["exploratory"] is True
+    assert zoo.verified_path(zoo.find("x", 0, directory=scratch), scratch).is_file()
+    with pytest.raises(ValueError, match="no not-shipped record"):
+        quality.stage_unshipped(["y-s0"], source, scratch, results_dir=results_dir)
+    with pytest.raises(ValueError, match="scratch folder"):
+        quality.stage_unshipped(["x-s0"], source, zoo.WEIGHTS_DIR, results_dir=results_dir)

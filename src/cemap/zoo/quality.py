@@ -206,6 +206,29 @@ def ship(manifest: Manifest, source: Path, dest: Path = WEIGHTS_DIR, results_dir
     return shipped
 
 
+def stage_unshipped(keys: list[str], source: Path, dest: Path, zoo_dir: Path = WEIGHTS_DIR,
+                    results_dir: Path = RESULTS) -> list[dict[str, Any]]:
+    """A scratch zoo folder for exploratory runs (``CEMAP_ZOO_DIR=dest``): the package zoo plus the named models that
+    missed their floor, each with its not-shipped record (sha256 checked on load like any shipped file) marked
+    ``"exploratory": true``. The package zoo and its records are never touched."""
+    if dest.resolve() == zoo_dir.resolve():
+        raise ValueError("stage into a scratch folder, not the package zoo")
+    rejected = {r["key"]: r for r in _read(results_dir / "not_shipped.json")}
+    missing = [k for k in keys if k not in rejected]
+    if missing:
+        raise ValueError(f"no not-shipped record for {', '.join(missing)} in {results_dir / 'not_shipped.json'} "
+                         "(run train_zoo.py ship on its export first)")
+    staged = records(zoo_dir)
+    dest.mkdir(parents=True, exist_ok=True)
+    for rec in staged:
+        shutil.copyfile(zoo_dir / rec["file"], dest / rec["file"])
+    for key in keys:
+        shutil.copyfile(source / rejected[key]["file"], dest / rejected[key]["file"])
+        staged.append({**rejected[key], "exploratory": True})
+    results.atomic_write_json(dest / PROVENANCE, {"manifest": "conf/zoo/bench.yaml", "models": staged})
+    return staged
+
+
 def shipped_label(record: dict[str, Any]) -> str:
     """The table's "shipped" cell: yes, no (floor missed), or held with the reason."""
     if "held" in record:
