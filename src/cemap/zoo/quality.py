@@ -153,8 +153,9 @@ def provenance(job: Job, source: Path, manifest: Manifest, runs: dict[str, dict]
     info = getattr(model, "info", None)
     run = runs.get(job.key, {})
     leases = _read(source / f"{job.key}.leases.json")  # every time slice that trained it (GPU leases, CPU sessions)
-    start = min((int(x["from_step"]) for x in leases), default=int(trained.get("resumed_from") or 0))
-    leases = unrecorded_leases(source / f"{job.key}.metrics.csv", start) + leases
+    if leases:  # exports without a lease history keep their own minutes (nothing to complete)
+        first = min(int(x["from_step"]) for x in leases)
+        leases = unrecorded_leases(source / f"{job.key}.metrics.csv", first) + leases
     machine = "; ".join(dict.fromkeys(str(x["machine"]) for x in leases)) if leases else run.get("machine", "unknown")
     minutes = round(sum(float(x["minutes"]) for x in leases), 2) if leases else trained.get("minutes")
     return {
