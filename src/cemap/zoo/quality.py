@@ -33,6 +33,7 @@ from cemap.zoo.manifest import Job, Manifest
 
 REFERENCE = Path(os.environ.get("CEMAP_REFERENCE", CONF_DIR.parent.parent / "shared" / "reference"))
 RESULTS = CONF_DIR.parent / "results" / "zoo"
+NOT_SHIPPED = "not_shipped.json"  # records of every evaluated model that missed its floor (or was held)
 TOLERANCE_DB = 0.05
 """A retrained model (same seed, same device) must reproduce the shipped PSNR within this."""
 
@@ -178,7 +179,7 @@ def ship(manifest: Manifest, source: Path, dest: Path = WEIGHTS_DIR, results_dir
     table. Records of jobs not in ``source`` stay as they are."""
     runs = json.loads((source / TRAINING_RUNS).read_text()) if (source / TRAINING_RUNS).is_file() else {}
     old = {r["key"]: r for r in records(dest)}
-    rejected = {r["key"]: r for r in _read(results_dir / "not_shipped.json")}
+    rejected = {r["key"]: r for r in _read(results_dir / NOT_SHIPPED)}
     evaluated = {}
     for job in manifest.jobs:
         if not (source / f"{job.key}.safetensors").is_file():
@@ -200,11 +201,16 @@ def ship(manifest: Manifest, source: Path, dest: Path = WEIGHTS_DIR, results_dir
         else:
             rejected[key] = rec
     shipped = sorted(old.values(), key=lambda r: r["key"])
-    results.atomic_write_json(dest / PROVENANCE, {"manifest": "conf/zoo/bench.yaml", "models": shipped})
-    results.atomic_write_json(results_dir / "not_shipped.json", sorted(rejected.values(), key=lambda r: r["key"]))
+    write_provenance(dest, shipped)
+    results.atomic_write_json(results_dir / NOT_SHIPPED, sorted(rejected.values(), key=lambda r: r["key"]))
     results.atomic_write_bytes(results_dir / "zoo_table.md",
                                render_table(shipped, list(rejected.values()), manifest).encode())
     return shipped
+
+
+def write_provenance(dest: Path, models: list[dict[str, Any]]) -> None:
+    """A zoo folder's ``provenance.json``: the records ``cemap.zoo`` verifies every load against."""
+    results.atomic_write_json(dest / PROVENANCE, {"manifest": "conf/zoo/bench.yaml", "models": models})
 
 
 def stage_unshipped(keys: list[str], source: Path, dest: Path, zoo_dir: Path = WEIGHTS_DIR,
@@ -214,10 +220,10 @@ def stage_unshipped(keys: list[str], source: Path, dest: Path, zoo_dir: Path = W
     ``"exploratory": true``. The package zoo and its records are never touched."""
     if dest.resolve() == zoo_dir.resolve():
         raise ValueError("stage into a scratch folder, not the package zoo")
-    rejected = {r["key"]: r for r in _read(results_dir / "not_shipped.json")}
+    rejected = {r["key"]: r for r in _read(results_dir / NOT_SHIPPED)}
     missing = [k for k in keys if k not in rejected]
     if missing:
-        raise ValueError(f"no not-shipped record for {', '.join(missing)} in {results_dir / 'not_shipped.json'} "
+        raise ValueError(f"no not-shipped record for {', '.join(missing)} in {results_dir / NOT_SHIPPED} "
                          "(run train_zoo.py ship on its export first)")
     staged = records(zoo_dir)
     dest.mkdir(parents=True, exist_ok=True)
@@ -226,7 +232,7 @@ def stage_unshipped(keys: list[str], source: Path, dest: Path, zoo_dir: Path = W
     for key in keys:
         shutil.copyfile(source / rejected[key]["file"], dest / rejected[key]["file"])
         staged.append({**rejected[key], "exploratory": True})
-    results.atomic_write_json(dest / PROVENANCE, {"manifest": "conf/zoo/bench.yaml", "models": staged})
+    write_provenance(dest, staged)
     return staged
 
 
