@@ -41,6 +41,7 @@ from cemap import results
 from cemap.config import compose_config
 from cemap.train import EVAL, FINAL, LAST, METRICS, run_dir, training_key
 from cemap.zoo import TRAINING_RUNS, WEIGHTS_DIR
+from cemap.zoo.contrast import METRICS as CONTRAST_METRICS
 from cemap.zoo.export import export_weights
 from cemap.zoo.manifest import MANIFEST, Job, Manifest, load_manifest
 
@@ -316,8 +317,8 @@ def cmd_contrast(args: argparse.Namespace) -> None:
     from cemap.zoo import contrast
 
     settings = VerdictSettings()
-    rows = contrast.contrast(load_manifest(args.manifest), Path(args.source), args.a, args.b, settings)
-    text = contrast.render(rows, args.a, args.b, settings)
+    rows = contrast.contrast(load_manifest(args.manifest), Path(args.source), args.a, args.b, settings, args.metric)
+    text = contrast.render(rows, args.a, args.b, settings, args.metric)
     print(text, end="")
     if args.out:
         results.atomic_write_bytes(Path(args.out), text.encode())
@@ -364,7 +365,10 @@ def main(argv: list[str] | None = None) -> None:
     c.set_defaults(func=cmd_compare)
     d = sub.add_parser("contrast", help="full-image PSNR of entry A minus entry B, paired over seeds and images, "
                        "every trained seed (shipped or not)")
-    d.add_argument("--from", dest="source", required=True, help="folder of exported weights (train's export/)")
+    d.add_argument("--from", dest="source", required=True,
+                   help="folder of exported weights (train's export/) or a zoo folder (src/cemap/zoo/weights)")
+    d.add_argument("--metric", choices=sorted(CONTRAST_METRICS), default="psnr",
+                   help="offset_corrected_psnr: PSNR after removing each image's per-channel mean error")
     d.add_argument("a", help="entry name, e.g. rcan_dn_bench")
     d.add_argument("b", help="entry name, e.g. rcan_dn_bench_no_ca")
     d.add_argument("--out", default=None, help="also write the markdown table here")

@@ -12,7 +12,7 @@ from PIL import Image
 from cemap import ROI, CausalEffectMap, Fixed, PatchBank
 from cemap.figures import save_map_figure
 from cemap.imageio import ImageError, read_image
-from cemap.metrics import psnr, ssim
+from cemap.metrics import offset_corrected_psnr, psnr, ssim
 from cemap.patches import PatchBankError
 from cemap.results import STATUS_ESTIMATED, CEMResult
 from cemap.stats import effect_profile, effective_radius, summarize
@@ -125,6 +125,21 @@ def test_psnr_of_a_nan_output_is_nan_and_identical_images_get_the_cap() -> None:
     pred[1, 0, 0, 0] = float("nan")
     values = psnr(pred, target)
     assert values[0].item() == 100.0 and torch.isnan(values[1])
+
+
+def test_offset_corrected_psnr_removes_a_whole_image_colour_offset_and_nothing_else() -> None:
+    """A per-channel constant error is removed entirely (the cap); a zero-mean error is left as it is; in general the
+    8-bit MSE splits into the offset-free part plus the mean over channels of the squared offset."""
+    target = torch.round(torch.rand(1, 3, 16, 16) * 100 + 60) / 255
+    offset = torch.tensor([10.0, -5.0, 0.0]).view(1, 3, 1, 1) / 255
+    assert offset_corrected_psnr(target + offset, target).item() == 100.0
+    assert psnr(target + offset, target).item() == pytest.approx(10 * np.log10(255**2 / ((100 + 25) / 3)))
+    checker = ((torch.arange(16).view(-1, 1) + torch.arange(16)) % 2 * 2 - 1).expand(1, 3, 16, 16) * 3.0 / 255
+    assert offset_corrected_psnr(target + checker, target).item() == pytest.approx(psnr(target + checker, target).item())
+    both = target + checker + offset
+    mse = 255**2 / 10 ** (psnr(both, target).item() / 10)
+    mse_free = 255**2 / 10 ** (offset_corrected_psnr(both, target).item() / 10)
+    assert mse_free == pytest.approx(9.0) and mse == pytest.approx(9.0 + 125 / 3)
 
 
 def test_the_colour_scale_is_set_by_the_effects_outside_the_roi() -> None:

@@ -240,6 +240,21 @@ def test_contrast_cli_of_an_entry_with_itself_is_exactly_zero(smoke_zoo: Path, t
     assert "| embedded_test | 0 |" in text and "**+0.00 [+0.00, +0.00]**" in text
 
 
+def test_contrast_reads_a_zoo_folder_like_an_export_and_the_offset_corrected_score_is_never_lower(
+        smoke_zoo: Path) -> None:
+    from cemap.zoo.contrast import contrast
+    from cemap.zoo.manifest import load_manifest
+
+    manifest = load_manifest(smoke_zoo / "smoke.yaml")
+    exported = contrast(manifest, smoke_zoo / "run" / "export", "fsrcnn_bench_m2", "fsrcnn_bench_m2")
+    shipped = contrast(manifest, smoke_zoo / "zoo", "fsrcnn_bench_m2", "fsrcnn_bench_m2")
+    corrected = contrast(manifest, smoke_zoo / "zoo", "fsrcnn_bench_m2", "fsrcnn_bench_m2",
+                         metric="offset_corrected_psnr")
+    assert [r.psnr_a for r in shipped] == [r.psnr_a for r in exported] and shipped[0].psnr_a
+    for plain, free in zip(shipped, corrected, strict=True):
+        assert all(free.psnr_a[s] >= plain.psnr_a[s] for s in plain.psnr_a)
+
+
 def test_slices_of_stopped_processes_count_in_training_minutes(tmp_path: Path) -> None:
     """A session that ends mid-training kills the process before it records its lease; the metrics it left (seconds
     restart with each process, rows past the resumed checkpoint are dropped) still give that slice's minutes."""

@@ -64,6 +64,16 @@ def psnr(pred: torch.Tensor, target: torch.Tensor, crop_border: int = 0, y_chann
     return mse_to_psnr(mse)
 
 
+def offset_corrected_psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB per image after removing the error's per-channel mean over the image: the part of the error that a
+    whole-image colour offset cannot explain. Diagnoses models whose global statistics (e.g. channel attention's
+    average pooling) shift the colour of unseen images; equals ``psnr`` when the error has zero mean per channel."""
+    p, t = _prepare(pred, target, 0, False)
+    error = p - t
+    error = error - error.mean(dim=(2, 3), keepdim=True)
+    return mse_to_psnr((error**2).flatten(1).mean(dim=1))
+
+
 def _gaussian_window(size: int = 11, sigma: float = 1.5, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     coords = torch.arange(size, dtype=dtype) - (size - 1) / 2
     g = torch.exp(-(coords**2) / (2 * sigma**2))

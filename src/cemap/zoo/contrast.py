@@ -5,23 +5,31 @@ Why apart from the insight tests: those compare ROI PSNR on maps of *shipped* mo
 out of the zoo. Leaving out the seeds where one architecture trained badly would bias the comparison in its favour,
 so this contrast takes every seed of a training run's export folder, whether it met its floor or not. Intervals:
 the verdict module's two-way bootstrap (test images x seeds), so training noise widens the interval.
+
+``metric="offset_corrected_psnr"`` scores the error left after removing each image's per-channel mean error: what
+is left of a difference there is not a whole-image colour offset. Sources: a training run's export folder, or a zoo
+folder (the shipped package zoo, ``provenance.json``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from cemap.metrics import psnr
+from cemap import zoo
+from cemap.metrics import offset_corrected_psnr, psnr
 from cemap.tasks.base import Task
 from cemap.training import evaluation_outputs
 from cemap.verdicts import Estimate, VerdictSettings, cluster_matrix, estimate
-from cemap.zoo.manifest import Manifest
+from cemap.zoo.manifest import Job, Manifest
 from cemap.zoo.quality import eval_sets, load_exported, task_of
+
+Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+METRICS: dict[str, Metric] = {"psnr": psnr, "offset_corrected_psnr": offset_corrected_psnr}
 
 
 @dataclass(frozen=True)
@@ -34,10 +42,20 @@ class SetContrast:
     psnr_b: dict[int, float]
 
 
-def image_psnrs(model: torch.nn.Module, task: Task, images: Sequence[np.ndarray], seed: int) -> list[float]:
+def image_psnrs(model: torch.nn.Module, task: Task, images: Sequence[np.ndarray], seed: int,
+                metric: Metric = psnr) -> list[float]:
     """Full-image PSNR per image, degraded exactly as the zoo's floors evaluate them (CPU, float32)."""
     outputs, targets = evaluation_outputs(model, task, images, seed, torch.device("cpu"))
-    return [psnr(o, t).item() for o, t in zip(outputs, targets)]
+    return [metric(o, t).item() for o, t in zip(outputs, targets)]
+
+
+def load_trained(source: Path, job: Job) -> torch.nn.Module | None:
+    """One job's weights from an export folder or a zoo folder; None when ``source`` does not hold it."""
+    if (source / f"{job.key}.safetensors").is_file() and (source / f"{job.key}.config.yaml").is_file():
+        return load_exported(source, job)[1]
+    if any(r["name"] == job.name and r["seed"] == job.seed for r in zoo.records(source)):
+        return zoo.load(job.name, job.seed, directory=source)
+    return None
 
 
 def paired_difference(psnr_a: Mapping[int, Sequence[float]], psnr_b: Mapping[int, Sequence[float]],
@@ -50,36 +68,39 @@ def paired_difference(psnr_a: Mapping[int, Sequence[float]], psnr_b: Mapping[int
     return estimate(matrix, n_values, settings)
 
 
-def seed_psnrs(manifest: Manifest, source: Path, entry: str) -> dict[str, dict[int, list[float]]]:
+def seed_psnrs(manifest: Manifest, source: Path, entry: str,
+               metric: Metric = psnr) -> dict[str, dict[int, list[float]]]:
     """Per evaluation set, per trained seed of ``entry``: full-image PSNR of every image."""
     crop, seed = int(manifest.eval.get("test_crop", 256)), int(manifest.eval.get("seed", 0))
     out: dict[str, dict[int, list[float]]] = {}
     for job in manifest.select([entry]):
         if job.task is None:
             raise ValueError(f"{entry} is a multi-task entry; contrast single-task entries")
-        if not (source / f"{job.key}.safetensors").is_file():
+        model = load_trained(source, job)
+        if model is None:
             continue  # not trained in this run
-        _, model = load_exported(source, job)
         for set_name, images in eval_sets(crop).items():
-            out.setdefault(set_name, {})[job.seed] = image_psnrs(model, task_of(job.task), images, seed)
+            out.setdefault(set_name, {})[job.seed] = image_psnrs(model, task_of(job.task), images, seed, metric)
     return out
 
 
-def contrast(manifest: Manifest, source: Path, a: str, b: str,
-             settings: VerdictSettings | None = None) -> list[SetContrast]:
+def contrast(manifest: Manifest, source: Path, a: str, b: str, settings: VerdictSettings | None = None,
+             metric: str = "psnr") -> list[SetContrast]:
     """A - B per evaluation set, paired over the seeds trained for both and over the set's images."""
     settings = settings or VerdictSettings()
-    per_a, per_b = seed_psnrs(manifest, source, a), seed_psnrs(manifest, source, b)
+    score = METRICS[metric]
+    per_a, per_b = seed_psnrs(manifest, source, a, score), seed_psnrs(manifest, source, b, score)
     return [SetContrast(name, paired_difference(per_a[name], per_b.get(name, {}), settings),
                         {s: float(np.mean(v)) for s, v in per_a[name].items()},
                         {s: float(np.mean(v)) for s, v in per_b.get(name, {}).items()})
             for name in per_a]
 
 
-def render(rows: Sequence[SetContrast], a: str, b: str, settings: VerdictSettings) -> str:
+def render(rows: Sequence[SetContrast], a: str, b: str, settings: VerdictSettings, metric: str = "psnr") -> str:
     """Markdown: per set, each seed's PSNR of A and B and their difference, then the paired estimate."""
     level = f"{settings.ci_level:.0%}"
-    lines = [f"| set | seed | {a} | {b} | difference |", "|---|---|---|---|---|"]
+    lines = [f"Full-image {metric} (dB), A = {a}, B = {b}.", "",
+             f"| set | seed | {a} | {b} | difference |", "|---|---|---|---|---|"]
     for row in rows:
         for s in sorted(row.psnr_a.keys() & row.psnr_b.keys()):
             lines.append(f"| {row.set_name} | {s} | {row.psnr_a[s]:.2f} | {row.psnr_b[s]:.2f} | "
