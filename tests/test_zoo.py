@@ -45,6 +45,17 @@ def test_groups_split_the_zoo_into_leases_without_gaps_or_overlaps() -> None:
         manifest.select([], "denoise")
 
 
+@pytest.mark.parametrize("path", sorted(MANIFEST.parent.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_zoo_manifest_composes_into_training_configs(path: Path) -> None:
+    """A misspelt schedule, preset or data set in any manifest (the zoo's, a pilot's) fails here, not in a session."""
+    from cemap.config import compose_config
+
+    shapes = {(j.model, j.task, j.schedule, j.data): j for j in load_manifest(path).jobs}
+    for job in shapes.values():
+        cfg = compose_config("training", job.train_overrides("unused", steps=job.steps or 1))
+        assert cfg.train.steps == (job.steps or 1) and cfg.model.name == job.model
+
+
 def test_manifest_rejects_a_typo(tmp_path: Path) -> None:
     node = yaml.safe_load(MANIFEST.read_text())
     node["entries"][0]["flor"] = node["entries"][0].pop("floor")
