@@ -254,7 +254,6 @@ def test_contrast_cli_of_an_entry_with_itself_is_exactly_zero(smoke_zoo: Path, t
 def test_contrast_reads_a_zoo_folder_like_an_export_and_the_offset_corrected_score_is_never_lower(
         smoke_zoo: Path) -> None:
     from cemap.zoo.contrast import contrast
-    from cemap.zoo.manifest import load_manifest
 
     manifest = load_manifest(smoke_zoo / "smoke.yaml")
     exported = contrast(manifest, smoke_zoo / "run" / "export", "fsrcnn_bench_m2", "fsrcnn_bench_m2")
