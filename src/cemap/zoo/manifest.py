@@ -111,8 +111,14 @@ def _per_seed(entry: dict, key: str) -> list:
 
 
 def load_manifest(path: str | Path = MANIFEST) -> Manifest:
+    """A zoo manifest; a pilot's or an exploratory one takes the zoo's floors and evaluation unless it states its own,
+    so that its models are judged exactly as the zoo's."""
     node = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     assert isinstance(node, dict)
+    if Path(path).resolve() != MANIFEST.resolve():
+        zoo = OmegaConf.to_container(OmegaConf.load(MANIFEST), resolve=True)
+        assert isinstance(zoo, dict)
+        node = {"floors": zoo["floors"], "eval": zoo["eval"], **node}
     jobs = []
     for e in node["entries"]:
         unknown = set(e) - {"name", "model", "task", "mix", "schedule", "steps", "seeds", "floor", "data"}
