@@ -39,7 +39,7 @@ from omegaconf import OmegaConf
 
 from cemap import results
 from cemap.config import compose_config
-from cemap.train import EVAL, FINAL, LAST, METRICS, run_dir, training_key
+from cemap.train import BF16_CPU_FLAGS, EVAL, FINAL, LAST, METRICS, cpu_has_native_bf16, run_dir, training_key
 from cemap.zoo import TRAINING_RUNS, WEIGHTS_DIR
 from cemap.zoo.contrast import METRICS as CONTRAST_METRICS
 from cemap.zoo.export import export_weights
@@ -97,6 +97,16 @@ def calibrate(jobs: list[Job], root: Path, device: str, seconds: float) -> dict[
     for p in procs.values():
         stop(p)
     return {k: step_rate(m) for k, m in metrics.items()}
+
+
+def emulated_bf16_jobs(jobs: list[Job], device: str) -> list[str]:
+    """Keys of the jobs whose recipe trains in bf16 on the CPU (``train.amp_on_cpu``) when ``device`` is this CPU and
+    it has no native bf16: torch emulates it there, 8x slower than fp32 for x4 rcan_bench (results/zoo/cpu_runs.md)."""
+    on_cpu = device.startswith("cpu") or (device == "auto" and not torch.cuda.is_available())
+    if not on_cpu or cpu_has_native_bf16() is not False:
+        return []
+    return [j.key for j in jobs
+            if (s := compose_config("training", j.train_overrides("unused", steps=1)).train).amp and s.amp_on_cpu]
 
 
 def choose_steps(rates: dict[str, float], budget_s: float, safety: float = 0.8) -> dict[str, int]:
@@ -264,6 +274,11 @@ def manifest_steps(jobs: list[Job], override: int | None) -> dict[str, int]:
 def cmd_train(args: argparse.Namespace) -> None:
     manifest = load_manifest(args.manifest)
     jobs = manifest.select(args.only, args.group)
+    slow = [] if args.allow_emulated_bf16 else emulated_bf16_jobs(jobs, args.device)
+    if slow:
+        sys.exit(f"{', '.join(slow)}: bf16 recipes (train.amp_on_cpu), but this CPU has no "
+                 f"{' or '.join(BF16_CPU_FLAGS)} and torch would emulate bf16, several times slower than fp32; train "
+                 "them on a CPU that has it or a GPU (or pass --allow-emulated-bf16)")
     root = Path(args.output_root)
     started = time.time()
     steps = calibrated_steps(jobs, root, args, started, manifest) if args.calibrate else manifest_steps(jobs, args.steps)
@@ -344,6 +359,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="train every job for this long (committed steps), then stop with a checkpoint to resume")
     t.add_argument("--resume-from", default=None, help="folder of <key>.last.pth from an earlier slice (unpacked)")
     t.add_argument("--pack", default=None, help="folder for zoo_<i>.tar parts of the exported weights")
+    t.add_argument("--allow-emulated-bf16", action="store_true",
+                   help="train bf16-on-CPU recipes even on a CPU without native bf16 (slow)")
     t.set_defaults(func=cmd_train)
     s = sub.add_parser("ship", help="evaluate exported weights on the CPU; write the package zoo and results/zoo")
     s.add_argument("--from", dest="source", required=True, help="folder of exported weights (train's export/)")

@@ -18,7 +18,7 @@ from cemap.checkpoint import load_checkpoint, read_checkpoint
 from cemap.config import register_configs
 from cemap.models import build_model
 from cemap.tasks import Denoise, Derain, SuperResolution
-from cemap.train import TrainingDiverged, run_dir, train
+from cemap.train import TrainingDiverged, cpu_has_native_bf16, run_dir, train
 from cemap.training import PatchSampler
 from cemap.validation import SettingError
 from tests.conftest import REPO
@@ -142,6 +142,33 @@ def test_bf16_on_the_cpu_trains_in_bf16_only_when_asked(tmp_path: Path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
     gap = max(float((a[k] - c[k]).abs().max()) for k in a)
     assert 0 < gap < 0.05, gap
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path: Path) -> None:
+    """AVX512-BF16 or AMX counts as native; AVX512 or AVX2 alone does not (torch emulates bf16 there); no cpuinfo:
+    unknown, never a refusal."""
+    info = tmp_path / "cpuinfo"
+    for flags, native in (("fpu avx2 avx512f avx512_bf16", True), ("fpu avx2 amx_bf16", True),
+                          ("fpu avx2 avx512f avx512bw", False), ("fpu sse avx2", False)):
+        info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+        assert cpu_has_native_bf16(info) is native, flags
+    assert cpu_has_native_bf16(tmp_path / "absent") is None
+
+
+def test_training_warns_when_the_cpu_would_emulate_bf16(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    import cemap.train as train_module
+
+    cfg = config(tmp_path, "model=dncnn_tiny", "train.amp=true", "train.amp_on_cpu=true")
+    for native, warned in ((False, True), (True, False), (None, False)):
+        monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda native=native: native)
+        caplog.clear()
+        train_module.warn_if_bf16_emulated(cfg.train, torch.device("cpu"))
+        assert ("no native bf16" in caplog.text) is warned, native
+    caplog.clear()
+    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: False)
+    train_module.warn_if_bf16_emulated(config(tmp_path, "model=dncnn_tiny", "train.amp=true").train, torch.device("cpu"))
+    assert caplog.text == ""  # fp32 on the CPU: nothing to warn about
 
 
 def test_mix_sampler_follows_the_weights() -> None:

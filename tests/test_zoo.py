@@ -299,3 +299,22 @@ def test_staging_an_unshipped_model_leaves_the_package_zoo_alone(tmp_path: Path)
         quality.stage_unshipped(["y-s0"], source, scratch, results_dir=results_dir)
     with pytest.raises(ValueError, match="scratch folder"):
         quality.stage_unshipped(["x-s0"], source, zoo.WEIGHTS_DIR, results_dir=results_dir)
+
+
+def test_train_refuses_cpu_bf16_recipes_only_on_a_cpu_that_would_emulate_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An AVX2-only CPU ran x4 rcan_bench's bf16 recipe at 33 s/step (fp32: 4.0): such a run is refused up front."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_zoo", REPO / "experiments" / "train_zoo.py")
+    assert spec and spec.loader
+    train_zoo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_zoo)
+    jobs = load_manifest(MANIFEST).select(["rcan_dn_bench-s0", "rcan_dn_bench-s3", "fsrcnn_bench_m2-s0"], None)
+    monkeypatch.setattr(train_zoo, "cpu_has_native_bf16", lambda: False)
+    assert train_zoo.emulated_bf16_jobs(jobs, "cpu") == ["rcan_dn_bench-s3"]  # s0: bench_same, fp32 on the CPU
+    assert train_zoo.emulated_bf16_jobs(jobs, "cuda") == []
+    with pytest.raises(SystemExit, match="rcan_dn_bench-s3: bf16 recipes"):
+        train_zoo.main(["train", "--only", "rcan_dn_bench-s3", "--device", "cpu", "--output-root", "unused"])
+    for native in (True, None):
+        monkeypatch.setattr(train_zoo, "cpu_has_native_bf16", lambda native=native: native)
+        assert train_zoo.emulated_bf16_jobs(jobs, "cpu") == []
