@@ -101,7 +101,7 @@ def calibrate(jobs: list[Job], root: Path, device: str, seconds: float) -> dict[
 
 def emulated_bf16_jobs(jobs: list[Job], device: str) -> list[str]:
     """Keys of the jobs whose recipe trains in bf16 on the CPU (``train.amp_on_cpu``) when ``device`` is this CPU and
-    it has no native bf16: torch emulates it there, 8x slower than fp32 for x4 rcan_bench (results/zoo/cpu_runs.md)."""
+    it has no native bf16: torch emulates it there, 7.4x slower than fp32 for x4 rcan_bench (results/zoo/cpu_runs.md)."""
     on_cpu = device.startswith("cpu") or (device == "auto" and not torch.cuda.is_available())
     if not on_cpu or cpu_has_native_bf16() is not False:
         return []

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -14,6 +16,15 @@ SHARED_REFERENCE = REPO.parent / "shared" / "reference"
 
 if os.environ.get("PYTEST_XDIST_WORKER"):  # make test runs workers: the cores shared out, not oversubscribed
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+
+
+def load_script(name: str) -> ModuleType:
+    """``experiments/<name>.py`` imported as a module: the runners are scripts, not part of the package."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from cemap.config import compose_config, experiment_variants
-from tests.conftest import REPO
+from tests.conftest import REPO, load_script
 
 EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
 OUTPUT_FILES = ("summary.csv", "summary.md", "verdict.json", "report.html", "map_grid.png", "effect_vs_distance.png",
@@ -162,18 +162,8 @@ def test_experiment_configs_are_flat_and_prefixed() -> None:
         assert set(raw.get("hydra", {})) <= {"sweeper"} and set(raw.get("hydra", {}).get("sweeper", {})) <= {"params"}
 
 
-def load_runner():  # type: ignore[no-untyped-def]
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("runner", REPO / "experiments" / "runner.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_bench_profile_sets_the_geometry_and_skips_models_that_do_not_ship(tmp_path: Path) -> None:
-    runner = load_runner()
+    runner = load_script("runner")
     args = SimpleNamespace(experiment="dn_channel_attention", output_root=str(tmp_path), profile="bench", smoke=False,
                            images=None)
     overrides = runner.base_overrides(args)
@@ -192,7 +182,7 @@ def test_bench_profile_sets_the_geometry_and_skips_models_that_do_not_ship(tmp_p
 
 
 def test_subjects_whose_every_pair_partner_is_missing_are_not_mapped(tmp_path: Path) -> None:
-    runner = load_runner()
+    runner = load_script("runner")
     args = SimpleNamespace(experiment="dn_channel_attention", output_root=str(tmp_path), profile="bench", smoke=False,
                            images=None)
     cfg = compose_config("run", runner.base_overrides(args), with_choices=True)
@@ -204,7 +194,7 @@ def test_subjects_whose_every_pair_partner_is_missing_are_not_mapped(tmp_path: P
 
 
 def test_subjects_option_keeps_profile_order_and_names_the_rest() -> None:
-    runner = load_runner()
+    runner = load_script("runner")
     subjects = ["p_dn_dncnn", "p_dn_rcan_ca", "p_dn_swinir", "ctl_dn_local"]
     assert runner.selected(subjects, None) == (subjects, {})
     keep, rest = runner.selected(subjects, ["p_dn_swinir", "p_dn_rcan_ca"])
@@ -223,7 +213,7 @@ def test_an_unknown_subject_stops_the_runner_before_any_job(tmp_path: Path) -> N
 
 
 def test_bench_profile_maps_with_channels_last_convolutions(tmp_path: Path) -> None:
-    runner = load_runner()
+    runner = load_script("runner")
     args = SimpleNamespace(experiment="dn_channel_attention", output_root=str(tmp_path), profile="bench", smoke=False,
                            images=None)
     bench = compose_config("run", runner.base_overrides(args)).cem
@@ -255,7 +245,7 @@ def test_the_paper_checkpoint_list_names_every_paper_subjects_file() -> None:
 
 
 def test_command_line_choices_win_over_the_profile(tmp_path: Path) -> None:
-    runner = load_runner()
+    runner = load_script("runner")
     args = SimpleNamespace(experiment="dn_channel_attention", output_root=str(tmp_path), profile="bench", smoke=False,
                            images=None, patches=str(tmp_path / "pool.npz"), crop=96, rois="[[8,8,16]]", samples=3,
                            estimator="adaptive", device="cpu")
@@ -271,7 +261,7 @@ def test_command_line_choices_win_over_the_profile(tmp_path: Path) -> None:
 def test_every_role_a_test_names_has_a_subject_or_a_reason_in_every_profile(experiment: str) -> None:
     """A bench or paper run can only say why a test is NOT TESTABLE if the profile maps each role the tests name to
     one of its subjects (by prefix, or by ``roles``) or states why it has none (``unavailable``)."""
-    runner = load_runner()
+    runner = load_script("runner")
     cfg = compose_config("run", [f"experiment={experiment}"]).experiment
     specs = [*cfg.expected.tests, *cfg.expected.contrasts]
     named = {s for t in specs for s in (t.subjects or [])} | {s for t in specs for p in (t.pairs or []) for s in p}
@@ -333,7 +323,7 @@ def test_paper_profile_gives_a_verdict_row_for_every_test(experiment: str, refer
 def test_an_ablation_sweeps_its_values_as_hydra_parameters_and_names_each_map_by_them() -> None:
     """ab_samples sweeps cem.n_samples (hydra.sweeper.params) over one subject file; each map is named by its value
     (the roles the tests pair), and a subject that does not put the swept value in its name is refused."""
-    runner = load_runner()
+    runner = load_script("runner")
     args = SimpleNamespace(experiment="ab_samples", output_root="unused", profile="tiny", smoke=False, images=None)
     assert experiment_variants(["experiment=ab_samples"]) == [[f"cem.n_samples={n}"] for n in (2, 4, 8, 32)]
     assert runner.map_names(args, ["ab_dncnn_samples"]) == {

@@ -15,7 +15,7 @@ from cemap.config import register_configs
 from cemap.models import AUTHOR_LAYOUTS, CONTROL_FAMILIES, MODELS, model_class, model_info
 from cemap.models.rcan import RCAN, ChannelAttention
 from cemap.models import build_model
-from tests.conftest import REPO
+from tests.conftest import REPO, load_script
 
 PRESETS = sorted(p.stem for p in (REPO / "conf" / "model").glob("*.yaml"))
 TINY = [p for p in PRESETS if p.endswith("_tiny")]
@@ -65,12 +65,7 @@ def test_presets_inherit_instead_of_restating() -> None:
 
 
 def test_every_registered_family_is_in_the_tiny_training_table() -> None:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("tiny_training", REPO / "experiments" / "tiny_training.py")
-    assert spec and spec.loader
-    table = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(table)
+    table = load_script("tiny_training")
     runs = table.family_runs()
     assert {model.removesuffix("_tiny") for model, _, _ in runs} == set(MODELS) - CONTROL_FAMILIES
     assert ("edsr_tiny", "sr_x4", "tiny_edsr") in runs and ("restormer_tiny", "denoise", "tiny_restormer") in runs

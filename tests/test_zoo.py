@@ -16,7 +16,7 @@ import yaml
 from cemap import zoo
 from cemap.zoo import quality
 from cemap.zoo.manifest import MANIFEST, load_manifest
-from tests.conftest import REPO
+from tests.conftest import REPO, load_script
 
 SHIPPED = zoo.records()
 
@@ -303,12 +303,7 @@ def test_staging_an_unshipped_model_leaves_the_package_zoo_alone(tmp_path: Path)
 
 def test_train_refuses_cpu_bf16_recipes_only_on_a_cpu_that_would_emulate_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
     """An AVX2-only CPU ran x4 rcan_bench's bf16 recipe at 33 s/step (fp32: 4.0): such a run is refused up front."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("train_zoo", REPO / "experiments" / "train_zoo.py")
-    assert spec and spec.loader
-    train_zoo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_zoo)
+    train_zoo = load_script("train_zoo")
     jobs = load_manifest(MANIFEST).select(["rcan_dn_bench-s0", "rcan_dn_bench-s3", "fsrcnn_bench_m2-s0"], None)
     monkeypatch.setattr(train_zoo, "cpu_has_native_bf16", lambda: False)
     assert train_zoo.emulated_bf16_jobs(jobs, "cpu") == ["rcan_dn_bench-s3"]  # s0: bench_same, fp32 on the CPU
