@@ -131,6 +131,24 @@ def test_rcan_attention_shapes(mode: str, pooling: int, shape: tuple[int, ...]) 
     assert ca(x).shape == x.shape
 
 
+@pytest.mark.parametrize("pooling,size", [(4, (12, 13)), (3, (7, 11)), (41, (45, 50)), (1, (5, 6))])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_window_attention_gates_every_pixel_by_its_window(pooling: int, size: tuple[int, int],
+                                                          channels_last: bool) -> None:
+    """Each pixel is multiplied by exactly its own window's gate, in either memory layout (bit for bit)."""
+    torch.manual_seed(0)
+    ca = ChannelAttention(8, 2, "window", pooling)
+    x = torch.rand(2, 8, *size)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    gates = ca.weights(x)
+    rows, cols = torch.arange(size[0]) // pooling, torch.arange(size[1]) // pooling
+    expected = x * gates[:, :, rows][:, :, :, cols]
+    out = ca(x)
+    assert torch.equal(out, expected)
+    assert out.is_contiguous(memory_format=torch.channels_last) is channels_last or size[0] * size[1] == 1
+
+
 def test_rcan_variants_parameters_and_locality() -> None:
     no_ca = RCAN(features=16, groups=2, blocks=2, reduction=4, channel_attention="none")
     assert not any("attention" in k for k in no_ca.state_dict())

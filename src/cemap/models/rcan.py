@@ -30,6 +30,20 @@ from cemap.validation import SettingError
 CHANNEL_ATTENTION = ("global", "none", "half", "window", "grid")
 
 
+def repeat_windows(w: torch.Tensor, pooling: int, like: torch.Tensor) -> torch.Tensor:
+    """Each window's gate repeated over its ``pooling`` x ``pooling`` pixels, laid out in memory like ``like``.
+
+    Exact (a copy, unlike ``F.interpolate``, whose nearest index rounds wrongly for some window sizes, e.g. 41), and
+    in ``like``'s layout so that the gating product does not mix layouts: on channels-last features that product was
+    most of the window model's non-convolution time (4x slower on an AVX2 CPU).
+    """
+    n, c, hp, wp = w.shape
+    if like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous():
+        nhwc = w.permute(0, 2, 3, 1)[:, :, None, :, None, :].expand(n, hp, pooling, wp, pooling, c)
+        return nhwc.reshape(n, hp * pooling, wp * pooling, c).permute(0, 3, 1, 2)
+    return w[:, :, :, None, :, None].expand(n, c, hp, pooling, wp, pooling).reshape(n, c, hp * pooling, wp * pooling)
+
+
 class ChannelAttention(nn.Module):
     """Squeeze-excitation on pooled features; ``pooling`` sets where the pooled statistics come from."""
 
@@ -66,7 +80,7 @@ class ChannelAttention(nn.Module):
         if w.shape[-2:] != (1, 1):
             h, wd = x.shape[-2:]
             if self.mode == "window":
-                w = w.repeat_interleave(self.pooling, dim=2).repeat_interleave(self.pooling, dim=3)[..., :h, :wd]
+                w = repeat_windows(w, self.pooling, like=x)[..., :h, :wd]
             else:
                 w = F.interpolate(w, size=(h, wd), mode="nearest")
         return x * w
