@@ -76,16 +76,28 @@ def _baselines(set_name: str, preset: str, seed: int, crop: int) -> dict[str, An
     return out
 
 
+def model_scores(model: torch.nn.Module, job: Job, manifest: Manifest,
+                 sets: tuple[str, ...] | None = None) -> dict[str, dict]:
+    """Per evaluation set (all, or ``sets``) and task: the model's PSNR/SSIM alone, the numbers a record carries."""
+    crop, seed = int(manifest.eval.get("test_crop", 256)), int(manifest.eval.get("seed", 0))
+    out: dict[str, dict] = {}
+    for set_name, images in eval_sets(crop).items():
+        if sets is not None and set_name not in sets:
+            continue
+        for preset in job.tasks:
+            row = evaluate(model, task_of(preset), images, seed, torch.device("cpu"), with_baseline=False)
+            out.setdefault(set_name, {})[preset] = {"psnr": row.psnr, "ssim": row.ssim}
+    return out
+
+
 def measure(model: torch.nn.Module, job: Job, manifest: Manifest) -> dict[str, dict]:
     """Per evaluation set and task: PSNR/SSIM of the model and of the task's classical baseline (and, for denoising,
     of the authors' DnCNN)."""
     crop, seed = int(manifest.eval.get("test_crop", 256)), int(manifest.eval.get("seed", 0))
-    out: dict[str, dict] = {}
-    for set_name, images in eval_sets(crop).items():
-        for preset in job.tasks:
-            row = evaluate(model, task_of(preset), images, seed, torch.device("cpu"), with_baseline=False)
-            out.setdefault(set_name, {})[preset] = {"psnr": row.psnr, "ssim": row.ssim,
-                                                    **_baselines(set_name, preset, seed, crop)}
+    out = model_scores(model, job, manifest)
+    for set_name, per_task in out.items():
+        for preset, row in per_task.items():
+            row.update(_baselines(set_name, preset, seed, crop))
     return out
 
 
