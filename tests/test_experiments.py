@@ -51,6 +51,16 @@ def test_experiment_states_its_claim_and_composes_for_every_subject(experiment: 
         assert all(s.startswith(("b_", "ctl_")) for s in bench.subjects)
 
 
+def test_every_reproduce_target_defaults_to_bench_where_the_experiment_has_it() -> None:
+    """Issue "Insights decided with power": bench is the default profile of every make reproduce-* target; an
+    experiment without a bench block runs tiny unless PROFILE=paper."""
+    runs = re.findall(r"^\t\$\(RUNNER\) (\w+) --profile (.+)$", (REPO / "Makefile").read_text(), re.MULTILINE)
+    assert {name for name, _ in runs} == set(EXPERIMENTS)
+    for name, profile in runs:
+        has_bench = "bench" in OmegaConf.load(REPO / "conf" / "experiment" / f"{name}.yaml").experiment
+        assert profile == ("$(or $(PROFILE),bench)" if has_bench else "$(AB_PROFILE)"), (name, profile)
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_smoke_run_through_the_runner(experiment: str, tmp_path: Path) -> None:
     results_dir = tmp_path / "results"
