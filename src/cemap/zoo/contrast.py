@@ -71,7 +71,7 @@ def paired_difference(psnr_a: Mapping[int, Sequence[float]], psnr_b: Mapping[int
 def seed_psnrs(manifest: Manifest, source: Path, entry: str,
                metric: Metric = psnr) -> dict[str, dict[int, list[float]]]:
     """Per evaluation set, per trained seed of ``entry``: full-image PSNR of every image."""
-    crop, seed = int(manifest.eval.get("test_crop", 256)), int(manifest.eval.get("seed", 0))
+    crop, seed = manifest.eval_crop_and_seed
     out: dict[str, dict[int, list[float]]] = {}
     for job in manifest.select([entry]):
         if job.task is None:

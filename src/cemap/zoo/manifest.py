@@ -61,6 +61,11 @@ class Manifest:
     groups: dict[str, list[str]] = field(default_factory=dict)
     equal_steps: list[list[str]] = field(default_factory=list)
 
+    @property
+    def eval_crop_and_seed(self) -> tuple[int, int]:
+        """The evaluation's test-crop size and degradation seed (``eval.test_crop`` 256, ``eval.seed`` 0 unless set)."""
+        return int(self.eval.get("test_crop", 256)), int(self.eval.get("seed", 0))
+
     def equalise(self, steps: dict[str, int]) -> dict[str, int]:
         """Calibrated steps where the jobs of one ``equal_steps`` set (entries whose PSNR a test compares, every seed)
         all get the fewest any of them was given: steps chosen by speed alone train the slower architecture less

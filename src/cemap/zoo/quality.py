@@ -79,7 +79,7 @@ def _baselines(set_name: str, preset: str, seed: int, crop: int) -> dict[str, An
 def model_scores(model: torch.nn.Module, job: Job, manifest: Manifest,
                  sets: tuple[str, ...] | None = None) -> dict[str, dict]:
     """Per evaluation set (all, or ``sets``) and task: the model's PSNR/SSIM alone, the numbers a record carries."""
-    crop, seed = int(manifest.eval.get("test_crop", 256)), int(manifest.eval.get("seed", 0))
+    crop, seed = manifest.eval_crop_and_seed
     out: dict[str, dict] = {}
     for set_name, images in eval_sets(crop).items():
         if sets is not None and set_name not in sets:
@@ -93,7 +93,7 @@ def model_scores(model: torch.nn.Module, job: Job, manifest: Manifest,
 def measure(model: torch.nn.Module, job: Job, manifest: Manifest) -> dict[str, dict]:
     """Per evaluation set and task: PSNR/SSIM of the model and of the task's classical baseline (and, for denoising,
     of the authors' DnCNN)."""
-    crop, seed = int(manifest.eval.get("test_crop", 256)), int(manifest.eval.get("seed", 0))
+    crop, seed = manifest.eval_crop_and_seed
     out = model_scores(model, job, manifest)
     for set_name, per_task in out.items():
         for preset, row in per_task.items():
