@@ -304,6 +304,28 @@ def test_staging_an_unshipped_model_leaves_the_package_zoo_alone(tmp_path: Path)
         quality.stage_unshipped(["x-s0"], source, zoo.WEIGHTS_DIR, results_dir=results_dir)
 
 
+EXPLORATORY = sorted(p.parent for p in (REPO / "results" / "zoo").glob("exploratory_*/not_shipped.json"))
+
+
+@pytest.mark.parametrize("folder", EXPLORATORY, ids=lambda p: p.name)
+def test_committed_exploratory_weights_match_their_records_and_stage_outside_the_package(folder: Path,
+                                                                                         tmp_path: Path) -> None:
+    """Unshipped weights kept in results/ for an exploratory run (they miss a floor): every record's file is there with
+    its sha256, none is a package zoo model, and staging them gives loadable models in a scratch folder only."""
+    unshipped = json.loads((folder / "not_shipped.json").read_text())
+    export = folder / "export"
+    assert unshipped and {f.name for f in export.glob("*.safetensors")} == {r["file"] for r in unshipped}
+    assert not {r["key"] for r in unshipped} & {r["key"] for r in SHIPPED}
+    assert not any(r["floor"]["met"] and "held" not in r for r in unshipped)
+    staged = quality.stage_unshipped([r["key"] for r in unshipped], export, tmp_path, results_dir=folder)
+    for record in staged[-len(unshipped):]:
+        model = zoo.load(record["name"], seed=record["seed"], task=record["task"], directory=tmp_path)
+        with torch.no_grad():
+            y = model(torch.rand(1, 3, 37, 45))
+        scale = record["model_config"].get("scale", 1)
+        assert record["exploratory"] and y.shape == (1, 3, 37 * scale, 45 * scale) and torch.isfinite(y).all()
+
+
 def test_train_refuses_cpu_bf16_recipes_only_on_a_cpu_that_would_emulate_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
     """An AVX2-only CPU ran x4 rcan_bench's bf16 recipe at 33 s/step (fp32: 4.0): such a run is refused up front."""
     train_zoo = load_script("train_zoo")
