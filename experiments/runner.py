@@ -154,20 +154,41 @@ def experiment_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return composed(tuple(base_overrides(args)))
 
 
+def zoo_record(cfg) -> dict | None:  # type: ignore[no-untyped-def]
+    """The zoo record of a subject with ``weights: zoo`` (``cemap.zoo.ZooError`` when it is not there), else None."""
+    if cfg.weights != "zoo":
+        return None
+    from cemap import zoo
+
+    return zoo.find(cfg._choices["model"], cfg.zoo_seed, "mix" if cfg.trained.mix else cfg._choices["task"])
+
+
 def missing_input(cfg) -> str | None:  # type: ignore[no-untyped-def]
     """Why a subject cannot run here (a file only ../shared has, bench weights that do not ship yet), or None."""
     needs = cfg.subject.get("requires") if cfg.subject else None
     if needs and not (REPO / str(needs)).exists() and not Path(str(needs)).exists():
         return f"{needs} not found"
-    if cfg.weights == "zoo":
-        from cemap import zoo
+    from cemap import zoo
 
+    try:
+        zoo_record(cfg)
+    except zoo.ZooError:
         task = "mix" if cfg.trained.mix else cfg._choices["task"]
-        try:
-            zoo.find(cfg._choices["model"], cfg.zoo_seed, task)
-        except zoo.ZooError:
-            return f"{cfg._choices['model']} ({task}, seed {cfg.zoo_seed}) is not in the shipped bench zoo yet"
+        return f"{cfg._choices['model']} ({task}, seed {cfg.zoo_seed}) is not in the shipped bench zoo yet"
     return None
+
+
+def exploratory_weights(args: argparse.Namespace, subjects: list[str]) -> dict[str, str]:
+    """Subjects whose zoo weights missed their floor and were staged for an exploratory run (``train_zoo.py stage``
+    into ``CEMAP_ZOO_DIR``), with the misses: the report labels the whole run exploratory, so that its verdict is
+    never read as a bench result."""
+    flagged = {}
+    for subject in subjects:
+        record = zoo_record(subject_config(args, subject))
+        if record and record.get("exploratory"):
+            misses = "; ".join(record["floor"].get("misses") or ["floor not met"])
+            flagged[subject] = f"{record['key']} is not shipped: {misses}"
+    return flagged
 
 
 def selected(subjects: list[str], chosen: list[str] | None) -> tuple[list[str], dict[str, str]]:
@@ -305,9 +326,9 @@ def canonical(subject: str, profile: str, roles: dict[str, str] | None = None) -
 
 
 def analyse(args: argparse.Namespace, cfg, names: list[str],  # type: ignore[no-untyped-def]
-            skipped: dict[str, str] | None = None) -> dict:
+            skipped: dict[str, str] | None = None, exploratory: dict[str, str] | None = None) -> dict:
     """Analyse the maps named ``names`` (``map_names``: the subjects, or their swept variants); ``skipped``: the
-    names without maps here, with the reason."""
+    names without maps here, with the reason; ``exploratory``: the names whose weights missed their floor."""
     experiment = OmegaConf.to_container(cfg.experiment, resolve=True, enum_to_str=True)
     assert isinstance(experiment, dict)
     node = profile_block(experiment, args.profile)
@@ -317,6 +338,7 @@ def analyse(args: argparse.Namespace, cfg, names: list[str],  # type: ignore[no-
     # why a test's model has no maps here: the profile has no such model (its ``unavailable``), or it was skipped
     experiment["unavailable"] = {**(node.get("unavailable") or {}),
                                  **{canonical(s, args.profile, roles): r for s, r in (skipped or {}).items()}}
+    experiment["exploratory"] = {canonical(s, args.profile, roles): r for s, r in (exploratory or {}).items()}
     if args.profile != "tiny" and experiment[args.profile].get("local_radius_px") is not None:
         experiment["expected"]["local_radius_px"] = experiment[args.profile]["local_radius_px"]
     folder = sweep_folder(args, experiment["name"])
@@ -328,7 +350,11 @@ def analyse(args: argparse.Namespace, cfg, names: list[str],  # type: ignore[no-
         r.subject = canonical(r.subject, args.profile, roles)
     out = Path(args.results_dir or REPO / "results" / experiment["name"] / args.profile)
     verdict = write_report(out, analyse_maps(experiment, records))
-    print(f"\n{experiment['name']} ({args.profile}): {verdict['verdict']}  ({verdict['maps']} maps)")
+    below = ", ".join(verdict["exploratory"])
+    label = f" EXPLORATORY (models below their zoo floor: {below})" if below else ""
+    print(f"\n{experiment['name']} ({args.profile}): {verdict['verdict']}{label}  ({verdict['maps']} maps)")
+    for name, reason in verdict["exploratory"].items():
+        print(f"  {'':14s}   exploratory: {name}: {reason}")
     for t in [*verdict["tests"], *verdict["contrasts"]]:
         controls = ", ".join(f"{role} {c['verdict']}" for role, c in t["controls"].items()) or "no controls"
         unit = statistic_unit(t["statistic"])
@@ -403,7 +429,8 @@ def main() -> None:
         sweep(args, subjects, sum(len(names[s]) for s in subjects) * len(cfg.experiment.images))
     if args.stage in ("all", "analyse"):
         analyse(args, cfg, [n for s in subjects for n in names[s]],
-                {n: reason for s, reason in skipped.items() for n in names[s]})
+                {n: reason for s, reason in skipped.items() for n in names[s]},
+                {n: reason for s, reason in exploratory_weights(args, subjects).items() for n in names[s]})
     print(f"done in {(time.perf_counter() - started) / 60:.1f} min", flush=True)
 
 

@@ -81,6 +81,32 @@ def test_experiment_smoke_run_through_the_runner(experiment: str, tmp_path: Path
     verdict_class = verdict["verdict"].lower().replace(" ", "-")
     assert f'<span class="verdict v-{verdict_class}">{verdict["verdict"]}</span>' in page
     assert "<h2>Glossary</h2>" in page and "nan [" not in page
+    assert verdict["exploratory"] == {} and "EXPLORATORY" not in page + proc.stdout
+
+
+def test_a_run_on_staged_weights_below_their_floor_is_labelled_exploratory(tmp_path: Path) -> None:
+    """A verdict computed on a model that missed its zoo floor (staged from results/ into a scratch zoo) must not
+    read like a bench result: the printed verdict, summary.md, report.html and verdict.json all say exploratory."""
+    from cemap.zoo import quality
+
+    folder = REPO / "results" / "zoo" / "exploratory_sr_ca"
+    quality.stage_unshipped(["rcan_bench-s0", "rcan_bench_no_ca-s0"], folder / "export", tmp_path / "zoo", results_dir=folder)
+    results_dir = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "experiments/runner.py", "dn_channel_attention", "--profile", "bench", "--smoke",
+         "--subjects", "b_sr_rcan_ca,b_sr_rcan_no_ca,ctl_sr_local,ctl_sr_reach", "--output-root", str(tmp_path / "out"),
+         "--results-dir", str(results_dir)],
+        cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "CEMAP_ZOO_DIR": str(tmp_path / "zoo")},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "EXPLORATORY (models below their zoo floor: sr_rcan_ca, sr_rcan_no_ca)" in proc.stdout
+    flagged = json.loads((results_dir / "verdict.json").read_text())["exploratory"]
+    assert list(flagged) == ["sr_rcan_ca", "sr_rcan_no_ca"]
+    assert flagged["sr_rcan_ca"].startswith("rcan_bench-s0 is not shipped: ")
+    assert "over bicubic" in flagged["sr_rcan_ca"]  # the record's misses, as measured
+    assert "(exploratory)** (" in (results_dir / "summary.md").read_text()
+    assert '<p class="exploratory"><strong>EXPLORATORY:</strong> 2 of the 4 mapped models' in (
+        results_dir / "report.html").read_text()
 
 
 def run_sweep(out: Path, *extra: str) -> list[dict]:

@@ -58,12 +58,19 @@ class Analysis:
     settings: VerdictSettings
 
     @property
+    def exploratory(self) -> dict[str, str]:
+        """Mapped models whose weights missed their zoo floor (staged for an exploratory run), with the reason."""
+        flagged = self.experiment.get("exploratory") or {}
+        return {s: flagged[s] for s in self.subjects if s in flagged}
+
+    @property
     def groups(self) -> dict[str, str]:
         return {r.subject: r.group for r in self.records}
 
     def document(self) -> dict[str, Any]:
         """The JSON verdict (``verdict.json``)."""
         return {"experiment": self.experiment["name"], "verdict": self.verdict, "maps": len(self.records),
+                "exploratory": self.exploratory,
                 "settings": self.settings.__dict__, "tests": [o.to_dict() for o in self.tests],
                 "contrasts": [o.to_dict() for o in self.contrasts]}
 

@@ -256,6 +256,15 @@ def model_label(a: Analysis, subject: str) -> str:
     return f"{subject} (played by {played_by})" if played_by else subject
 
 
+def exploratory_note(a: Analysis) -> str:
+    """Why a run's verdict is not a bench result: some of its models missed their zoo floor (empty when none did)."""
+    if not a.exploratory:
+        return ""
+    return (f"{len(a.exploratory)} of the {len(a.subjects)} mapped models did not meet their zoo floor and were "
+            "staged for this run (train_zoo.py stage), so this verdict is not a bench result: "
+            + "; ".join(f"{s} ({reason})" for s, reason in a.exploratory.items()) + ".")
+
+
 def summary_markdown(a: Analysis, extra: Sequence[str] = ()) -> list[str]:
     expected, s = a.experiment["expected"], a.settings
     n_images = len({r.image for r in a.records})
@@ -263,11 +272,13 @@ def summary_markdown(a: Analysis, extra: Sequence[str] = ()) -> list[str]:
     stat_names = list(next(iter(a.per_subject.values())).keys()) if a.per_subject else []
     md = [f"# {a.experiment['name']} (insight {a.experiment.get('insight', '?')})", "",
           f"**Claim.** {expected['claim']}", "",
-          f"**Verdict: {a.verdict}** ({len(a.records)} maps: {len(a.subjects)} subjects x {n_images} crops x "
+          f"**Verdict: {a.verdict}{' (exploratory)' if a.exploratory else ''}** ({len(a.records)} maps: {len(a.subjects)} subjects x {n_images} crops x "
           f"{n_rois} ROIs). Intervals: {s.ci_level:.0%} percentile bootstrap ({s.n_boot} draws, seed {s.seed}) over "
           f"{s.cluster}s (the ROIs of one {s.cluster} averaged first) and over the test's models or seeds; far = "
           f"more than {expected.get('local_radius_px', 8)} px from the ROI. A test whose controls do not come out as "
-          "designed (positive SUPPORTED, negative NOT SUPPORTED) is NO POWER.", "", *outcome_rows([*a.tests, *a.contrasts]),
+          "designed (positive SUPPORTED, negative NOT SUPPORTED) is NO POWER.",
+          *(["", f"**EXPLORATORY:** {exploratory_note(a)}"] if a.exploratory else []), "",
+          *outcome_rows([*a.tests, *a.contrasts]),
           "", "| model | group | " + " | ".join(stat_names) + " |", "|---|---|" + "---|" * len(stat_names)]
     for subject in a.subjects:
         cells = [fmt_interval(e, k) for k, e in a.per_subject[subject].items()]
@@ -381,6 +392,7 @@ def _html(a: Analysis, figures: dict[str, bytes]) -> str:
               "verdicts is NO POWER, whatever its own interval says.")
     return template.render(
         name=a.experiment["name"], insight=a.experiment.get("insight"), claim=expected["claim"], verdict=a.verdict,
+        exploratory=exploratory_note(a),
         verdict_class=VERDICT_CLASS.get(a.verdict, ""), n_maps=len(a.records), n_subjects=len(a.subjects),
         n_images=len({r.image for r in a.records}), n_rois=len({r.roi for r in a.records}), method=method,
         tests=[outcome_view(a, o) for o in a.tests], contrasts=[outcome_view(a, o) for o in a.contrasts],
