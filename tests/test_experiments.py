@@ -90,13 +90,15 @@ def test_a_run_on_staged_weights_below_their_floor_is_labelled_exploratory(tmp_p
     from cemap.zoo import quality
 
     folder = REPO / "results" / "zoo" / "exploratory_sr_ca"
-    quality.stage_unshipped(["rcan_bench-s0", "rcan_bench_no_ca-s0"], folder / "export", tmp_path / "zoo", results_dir=folder)
+    quality.stage_unshipped(["rcan_bench-s0", "rcan_bench_no_ca-s0"], folder / "export", tmp_path / "zoo",
+                            results_dir=folder)
     results_dir = tmp_path / "results"
     proc = subprocess.run(
         [sys.executable, "experiments/runner.py", "dn_channel_attention", "--profile", "bench", "--smoke",
-         "--subjects", "b_sr_rcan_ca,b_sr_rcan_no_ca,ctl_sr_local,ctl_sr_reach", "--output-root", str(tmp_path / "out"),
-         "--results-dir", str(results_dir)],
-        cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "CEMAP_ZOO_DIR": str(tmp_path / "zoo")},
+         "--subjects", "b_sr_rcan_ca,b_sr_rcan_no_ca,ctl_sr_local,ctl_sr_reach",
+         "--output-root", str(tmp_path / "out"), "--results-dir", str(results_dir)],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "CEMAP_ZOO_DIR": str(tmp_path / "zoo")},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "EXPLORATORY (models below their zoo floor: sr_rcan_ca, sr_rcan_no_ca)" in proc.stdout
