@@ -273,7 +273,8 @@ def summary_markdown(a: Analysis, extra: Sequence[str] = ()) -> list[str]:
     md = [f"# {a.experiment['name']} (insight {a.experiment.get('insight', '?')})", "",
           f"**Claim.** {expected['claim']}", "",
           f"**Verdict: {a.verdict}{' (exploratory)' if a.exploratory else ''}** ({len(a.records)} maps: "
-          f"{len(a.subjects)} subjects x {n_images} crops x {n_rois} ROIs). Intervals: {s.ci_level:.0%} percentile bootstrap ({s.n_boot} draws, seed {s.seed}) over "
+          f"{len(a.subjects)} subjects x {n_images} crops x {n_rois} ROIs). Intervals: {s.ci_level:.0%} percentile "
+          f"bootstrap ({s.n_boot} draws, seed {s.seed}) over "
           f"{s.cluster}s (the ROIs of one {s.cluster} averaged first) and over the test's models or seeds; far = "
           f"more than {expected.get('local_radius_px', 8)} px from the ROI. A test whose controls do not come out as "
           "designed (positive SUPPORTED, negative NOT SUPPORTED) is NO POWER.",
