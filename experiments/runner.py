@@ -154,13 +154,18 @@ def experiment_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return composed(tuple(base_overrides(args)))
 
 
+def zoo_task(cfg) -> str:  # type: ignore[no-untyped-def]
+    """The task a zoo record is filed under: the task preset, or ``mix`` for a multi-task model."""
+    return "mix" if cfg.trained.mix else cfg._choices["task"]
+
+
 def zoo_record(cfg) -> dict | None:  # type: ignore[no-untyped-def]
     """The zoo record of a subject with ``weights: zoo`` (``cemap.zoo.ZooError`` when it is not there), else None."""
     if cfg.weights != "zoo":
         return None
     from cemap import zoo
 
-    return zoo.find(cfg._choices["model"], cfg.zoo_seed, "mix" if cfg.trained.mix else cfg._choices["task"])
+    return zoo.find(cfg._choices["model"], cfg.zoo_seed, zoo_task(cfg))
 
 
 def missing_input(cfg) -> str | None:  # type: ignore[no-untyped-def]
@@ -173,8 +178,7 @@ def missing_input(cfg) -> str | None:  # type: ignore[no-untyped-def]
     try:
         zoo_record(cfg)
     except zoo.ZooError:
-        task = "mix" if cfg.trained.mix else cfg._choices["task"]
-        return f"{cfg._choices['model']} ({task}, seed {cfg.zoo_seed}) is not in the shipped bench zoo yet"
+        return f"{cfg._choices['model']} ({zoo_task(cfg)}, seed {cfg.zoo_seed}) is not in the shipped bench zoo yet"
     return None
 
 
