@@ -307,16 +307,16 @@ def test_staging_an_unshipped_model_leaves_the_package_zoo_alone(tmp_path: Path)
         quality.stage_unshipped(["x-s0"], source, zoo.WEIGHTS_DIR, results_dir=results_dir)
 
 
-UNSHIPPED_KEPT = sorted(p.parent for pattern in ("exploratory_*", "pending_*")  # unshipped weights kept in results/
+UNSHIPPED_KEPT = sorted(p.parent for pattern in ("exploratory_*", "pending_*", "unshipped_*")  # kept in results/
                         for p in (REPO / "results" / "zoo").glob(f"{pattern}/not_shipped.json"))
 
 
 @pytest.mark.parametrize("folder", UNSHIPPED_KEPT, ids=lambda p: p.name)
 def test_committed_unshipped_weights_match_their_records_and_stage_outside_the_package(folder: Path,
                                                                                        tmp_path: Path) -> None:
-    """Unshipped weights kept in results/ (inputs of an exploratory run, or a pair member kept for its partner's
-    session): every record's file is there with its sha256, none is a package zoo model, and staging them gives
-    loadable models in a scratch folder only."""
+    """Unshipped weights kept in results/ (inputs of an exploratory run, a pair member kept for its partner's
+    session, or unshipped pairs kept for the seed contrast): every record's file is there with its sha256, none is
+    a package zoo model, and staging them gives loadable models in a scratch folder only."""
     unshipped = json.loads((folder / "not_shipped.json").read_text())
     export = folder / "export"
     assert unshipped and {f.name for f in export.glob("*.safetensors")} == {r["file"] for r in unshipped}
